@@ -1,0 +1,1 @@
+"""tltk benchmarks, run by hand: `python -m benchmarks.<name> [--quick]`."""

@@ -1,0 +1,23 @@
+"""tltk: transfer learning for image classification on Keras 3.
+
+Example:
+    >>> import tltk
+    >>> result = tltk.train(tltk.RunConfig(recipe="demo", backbone="scratch"))
+    >>> result.metrics  # pandas DataFrame: weights, split, top1, topk, k
+"""
+
+from tltk.config import AugmentConfig, DataConfig, HeadConfig, RunConfig, StageConfig
+from tltk.errors import TltkError
+
+__version__ = "0.1.0"
+
+
+def train(config: RunConfig, **kwargs):
+    """Run every stage of `config` and evaluate; see `tltk.training.train`."""
+    from tltk.training import train as _train
+
+    return _train(config, **kwargs)
+
+
+__all__ = ["AugmentConfig", "DataConfig", "HeadConfig", "RunConfig", "StageConfig",
+           "TltkError", "train"]

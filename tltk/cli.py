@@ -1,0 +1,336 @@
+"""The `tltk` command line.
+
+Every command turns a `TltkError` into one line on stderr and exit status 2;
+`tltk --debug ...` shows the traceback instead.
+
+Example:
+    $ tltk train demo
+    $ tltk train folder --data photos/ --backbone mobilenetv2 --weights mnv2.weights.h5
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+
+from tltk.errors import TltkError
+
+# TensorFlow's C++ start-up chatter hides the output users care about.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+class TltkGroup(click.Group):
+    """A click group that prints user errors as one line (tracebacks with --debug)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TltkError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=TltkGroup)
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="tltk")
+@click.pass_context
+def main(ctx, debug):
+    """tltk: transfer learning for image classification on Keras 3."""
+    ctx.obj = {"debug": debug}
+    if not debug:
+        _quiet_tensorflow_startup()
+
+
+def _quiet_tensorflow_startup() -> None:
+    """Import TensorFlow and probe devices with C++ stderr muted.
+
+    TensorFlow's native start-up messages (oneDNN notices, CUDA probing on CPU-only
+    machines) bypass TF_CPP_MIN_LOG_LEVEL; they would bury the few lines users need.
+    """
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _overrides(**flags) -> dict:
+    """Map CLI flags to dotted RunConfig keys (None means 'not given')."""
+    keys = {"backbone": "backbone", "weights": "weights", "data": "data.path",
+            "data_dir": "data.path", "dataset": "data.dataset", "image_size": "data.image_size",
+            "batch_size": "batch_size", "seed": "seed",
+            "out": "out", "precision": "precision", "per_class": "data.per_class",
+            "class_weight": "data.class_weight", "resize": "data.resize"}
+    out = {keys[k]: v for k, v in flags.items() if k in keys and v is not None}
+    if flags.get("jit"):
+        out["jit"] = True
+    return out
+
+
+@main.command()
+@click.argument("recipe")
+@click.option("--backbone", help="Backbone name (see `tltk backbones`).")
+@click.option("--weights", help="imagenet | none | path to a weights file.")
+@click.option("--data", help="Image folder (folder recipe), or a tfds data_dir.")
+@click.option("--data-dir", help="tfds data_dir holding prepared tfds datasets.")
+@click.option("--dataset", help="Dataset source: demo, folder, flowers, dogs, dogs-v2.")
+@click.option("--image-size", type=int, help="Input size in pixels (default: backbone's).")
+@click.option("--epochs-head", type=int, help="Epochs of the first (bottleneck) stage.")
+@click.option("--epochs-finetune", type=int, help="Epochs of every later (fine-tuning) stage.")
+@click.option("--batch-size", type=int)
+@click.option("--seed", type=int)
+@click.option("--config", "config_file", type=click.Path(), help="YAML config to start from.")
+@click.option("--out", help="Run directory (default runs/<recipe>-<backbone>-<time>).")
+@click.option("--per-class", type=int, help="Use at most N training images per class.")
+@click.option("--class-weight", type=click.Choice(["balanced"]), help="Re-weight classes.")
+@click.option("--resize", type=click.Choice(["stretch", "crop", "pad"]))
+@click.option("--precision", type=click.Choice(["float32", "mixed_float16", "mixed_bfloat16"]))
+@click.option("--jit", is_flag=True, help="Compile with XLA.")
+@click.option("--cache-features/--no-cache-features", default=None,
+              help="Train frozen stages on cached bottleneck features (default on).")
+def train(recipe, config_file, epochs_head, epochs_finetune, cache_features, **flags):
+    """Train RECIPE (see `tltk recipes`) and evaluate best and final weights."""
+    from recipes import get_recipe
+    from tltk.config import RunConfig
+
+    module = get_recipe(recipe)
+    base = RunConfig.load(config_file) if config_file else module.config()
+    config = base.override(_overrides(**flags))
+    config = _stage_overrides(config, epochs_head, epochs_finetune, cache_features)
+    module.run(base=config)
+
+
+def _stage_overrides(config, epochs_head, epochs_finetune, cache_features):
+    """Apply --epochs-head (first stage), --epochs-finetune (later stages) and
+    --[no-]cache-features (every stage whose backbone is frozen)."""
+    from recipes import set_stage_epochs
+
+    config = set_stage_epochs(config, epochs_head, epochs_finetune)
+    for stage in config.stages:
+        if cache_features is not None and stage.unfreeze in (0, "0", "none"):
+            stage.cache_features = cache_features
+    return config
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--weights", "which", type=click.Choice(["best", "final", "both"]), default="both")
+def evaluate(run_dir, which):
+    """Re-evaluate a run's saved models on every split and print the table."""
+    from tltk.evaluation import evaluate_run
+
+    evaluate_run(run_dir, which=which)
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(), help="Folder for comparison.csv / comparison.md.")
+def report(runs, out):
+    """Compare RUNs in one table (--out DIR); one RUN also regenerates its report."""
+    from tltk.reports import compare_runs, to_markdown, write_report
+
+    for path in write_report(runs, out):
+        click.echo(f"wrote {path}")
+    if out is not None:
+        click.echo(to_markdown(compare_runs(runs)))
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="Folder for the ensemble's files.")
+def ensemble(runs, out):
+    """Average the best models of RUNs (same classes and splits) and compare."""
+    from tltk.inference import ensemble_runs
+    from tltk.reports import to_markdown
+
+    click.echo(to_markdown(ensemble_runs(runs, out)))
+    click.echo(f"wrote {out}/metrics.csv, {out}/ensemble.csv, {out}/ensemble.md")
+
+
+@main.command("predict")
+@click.argument("run_dir", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--top", type=int, default=5, show_default=True, help="Labels per image.")
+@click.option("--weights", type=click.Choice(["best", "final"]), default="best")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
+def predict_command(run_dir, images, top, weights, fmt):
+    """Print the top labels of each IMAGE (files or folders, recursively) for a run."""
+    from tltk.inference import format_predictions, predict_files
+
+    results = predict_files(run_dir, images, top=top, weights=weights)
+    click.echo(format_predictions(results, fmt))
+    failed = sum("error" in r for r in results)
+    if failed:
+        click.echo(f"{failed} of {len(results)} file(s) could not be read", err=True)
+
+
+@main.command("export")
+@click.argument("run_dir", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["keras", "savedmodel", "tflite"]),
+              required=True)
+@click.option("--out", required=True, type=click.Path(), help="File (.keras/.tflite) or folder.")
+@click.option("--weights", type=click.Choice(["best", "final"]), default="best")
+def export_command(run_dir, fmt, out, weights):
+    """Export a run's model; the export is checked against the Keras model."""
+    from tltk.inference import check_export, export_model
+
+    path = export_model(run_dir, fmt, out, weights)
+    diff = check_export(run_dir, path, fmt, weights)
+    click.echo(f"wrote {path} (max |probability difference| vs Keras on random images: "
+               f"{diff:.2e})")
+
+
+@main.command()
+@click.argument("recipe")
+@click.option("--backbone", required=True, help="Backbone whose ImageNet classifier to use.")
+@click.option("--weights", help="Include-top weights file (default: imagenet, Keras' cache).")
+@click.option("--data", help="Image folder with WordNet-id class folders, or a tfds data_dir.")
+@click.option("--data-dir", help="tfds data_dir holding prepared tfds datasets.")
+@click.option("--image-size", type=int, help="Input size (default: the backbone's).")
+@click.option("--batch-size", type=int)
+@click.option("--seed", type=int)
+@click.option("--out", required=True, help="Folder for metrics.csv and predictions.")
+def baseline(recipe, **flags):
+    """Evaluate a backbone's own 1000-class classifier on RECIPE's data ("Full Original")."""
+    from recipes import get_recipe
+    from tltk.imagenet_baseline import full_original
+    from tltk.reports import metrics_table, to_markdown, write_run_report
+
+    config = get_recipe(recipe).config().override(_overrides(**flags))
+    click.echo(to_markdown(metrics_table(full_original(config))))
+    click.echo(f"wrote {config.out}/metrics.csv and {write_run_report(config.out)}")
+
+
+@main.command("lr-find")
+@click.argument("recipe")
+@click.option("--data", help="Image folder (folder recipe), or a tfds data_dir.")
+@click.option("--backbone", help="Backbone name (see `tltk backbones`).")
+@click.option("--weights", help="imagenet | none | path to a weights file.")
+@click.option("--image-size", type=int, help="Input size in pixels (default: backbone's).")
+@click.option("--batch-size", type=int)
+@click.option("--per-class", type=int, help="Use at most N training images per class.")
+@click.option("--seed", type=int)
+@click.option("--config", "config_file", type=click.Path(), help="YAML config to start from.")
+@click.option("--stage", help="Stage to test (default: the first).")
+@click.option("--steps", type=int, default=100, show_default=True)
+@click.option("--start-lr", type=float, default=1e-7, show_default=True)
+@click.option("--end-lr", type=float, default=1.0, show_default=True)
+@click.option("--out", required=True, type=click.Path(), help="Folder for lr_find.csv/.png.")
+def lr_find(recipe, config_file, stage, steps, start_lr, end_lr, out, **flags):
+    """Learning-rate range test for one stage of RECIPE; prints the suggested rate."""
+    from recipes import get_recipe
+    from tltk.config import RunConfig
+    from tltk.lr_finder import lr_find_config
+
+    base = RunConfig.load(config_file) if config_file else get_recipe(recipe).config()
+    config = base.override(_overrides(**flags))
+    result = lr_find_config(config, stage, steps, start_lr, end_lr, out, say=click.echo)
+    click.echo(result.summary())
+
+
+@main.command()
+@click.argument("recipe")
+@click.option("--backbones", "names", required=True, help="Comma-separated backbone names.")
+@click.option("--weights", "weight_args", multiple=True, metavar="NAME=PATH",
+              help="Weights for one backbone (repeatable); others use the recipe's.")
+@click.option("--data", help="Image folder (folder recipe), or a tfds data_dir.")
+@click.option("--image-size", type=int, help="Input size for all (default: each backbone's).")
+@click.option("--batch-size", type=int)
+@click.option("--per-class", type=int, help="Use at most N training images per class.")
+@click.option("--seed", type=int)
+@click.option("--cache-dir", help="Feature cache folder (default ~/.cache/tltk/features).")
+@click.option("--out", type=click.Path(), help="Folder for rank.csv.")
+def rank(recipe, names, weight_args, out, cache_dir, **flags):
+    """Rank backbones for RECIPE's data by LogME (and H-score) of their pooled features."""
+    from recipes import get_recipe
+    from tltk.transferability import rank_backbones
+
+    config = get_recipe(recipe).config().override(_overrides(**flags))
+    if cache_dir:
+        config = config.override({"cache_dir": cache_dir})
+    weights = {}
+    for arg in weight_args:
+        name, sep, path = arg.partition("=")
+        if not sep or not name or not path:
+            raise TltkError(f"--weights: expected NAME=PATH, got '{arg}'")
+        weights[name] = path
+    backbones = [n.strip() for n in names.split(",") if n.strip()]
+    table = rank_backbones(config, backbones, weights, out, say=click.echo)
+    formats = {"logme": "{:.4f}".format, "h_score": "{:.3f}".format, "extract_s": "{:.1f}".format}
+    click.echo(table.to_string(index=False, formatters=formats))
+
+
+@main.command()
+@click.argument("path_a", type=click.Path())
+@click.argument("path_b", type=click.Path())
+@click.option("--image-size", type=int, default=64, show_default=True)
+@click.option("--components", type=int, default=50, show_default=True,
+              help="PCA components, fitted on both sets together.")
+@click.option("--max-images", type=int, default=500, show_default=True,
+              help="Seeded sample per set (0: all).")
+def distance(path_a, path_b, image_size, components, max_images):
+    """Modified Hausdorff distance between two image folders in a shared PCA space.
+
+    Describes how far apart two datasets look; it does not predict transfer gain.
+    """
+    from tltk.transferability import image_set_distance, load_image_set
+
+    a = load_image_set(path_a, image_size, max_images or None)
+    b = load_image_set(path_b, image_size, max_images or None)
+    value = image_set_distance(a, b, components)
+    click.echo(f"MHD {value:.4f} ({len(a)} vs {len(b)} images at {image_size}px, "
+               f"{min(components, len(a) + len(b), a[0].size)} PCA components)")
+
+
+@main.command()
+def backbones():
+    """List registered backbones with input sizes and unfreezable blocks."""
+    from tltk.backbones import backbone_table
+
+    click.echo(backbone_table())
+
+
+@main.command()
+def recipes():
+    """List the recipes, one line each."""
+    from recipes import recipe_table
+
+    click.echo(recipe_table())
+
+
+@main.group("data")
+def data_group():
+    """Inspect datasets (see `tltk data describe --help`)."""
+
+
+@data_group.command("describe")
+@click.argument("dataset")
+@click.option("--data", "data_path", help="Image folder (folder dataset).")
+@click.option("--data-dir", help="tfds data_dir holding prepared tfds datasets.")
+@click.option("--out", required=True, type=click.Path(), help="Folder for the report files.")
+@click.option("--split", help="Split protocol, e.g. dogs: default | official.")
+@click.option("--val-fraction", type=float, help="Validation fraction (default 0.15).")
+@click.option("--test-fraction", type=float, help="Test fraction (default 0.15).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def data_describe(dataset, data_path, data_dir, out, split, val_fraction, test_fraction, seed):
+    """Report on DATASET: counts per class and split, image sizes, samples, augmentation."""
+    from tltk.data.describe import describe
+
+    files = describe(dataset, out, data=data_path or data_dir, seed=seed, split=split,
+                     val_fraction=val_fraction, test_fraction=test_fraction)
+    for path in files.values():
+        click.echo(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""One typed config for a run, shared by the CLI, recipes, notebooks and the tuner.
+
+A `RunConfig` is pure data: it round-trips through YAML (`to_yaml` / `from_yaml`)
+and every run saves its fully resolved config as `config.yaml`.
+
+Example:
+    >>> cfg = RunConfig(recipe="folder", backbone="mobilenetv2")
+    >>> cfg = cfg.override({"data.image_size": 160, "batch_size": 64})
+    >>> RunConfig.from_yaml(cfg.to_yaml()) == cfg
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from tltk.errors import TltkError
+
+# A stage's `unfreeze`: how many named backbone blocks, counted from the top, are
+# trainable (0 = frozen backbone), "all" for the whole backbone, or explicit block names.
+Unfreeze = int | str | list
+
+
+@dataclass
+class DataConfig:
+    """Which images to use and how to split and size them."""
+
+    dataset: str = "demo"
+    path: str | None = None  # image folder, or a tfds data_dir for tfds sources
+    image_size: int | None = None  # None: the backbone's default input size
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    split: str = "default"  # dataset-specific protocol, e.g. dogs: default | official
+    per_class: int | None = None  # subsample the training split to this many per class
+    resize: str = "stretch"  # stretch | crop (keep aspect, centre crop) | pad
+    class_weight: str | None = None  # None | balanced
+    cache_images: bool = True  # keep decoded, resized images in memory when they fit
+
+
+@dataclass
+class HeadConfig:
+    """The head grafted onto the backbone (see `tltk.heads`)."""
+
+    layers: int = 1
+    units: int = 256
+    dropout: float = 0.5
+
+
+@dataclass
+class AugmentConfig:
+    """ImageDataGenerator-style augmentation parameters (see `tltk.augment`)."""
+
+    rotation_range: float = 10.0
+    width_shift_range: float = 0.1
+    height_shift_range: float = 0.1
+    shear_range: float = 0.05
+    zoom_range: float = 0.1
+    horizontal_flip: bool = True
+    vertical_flip: bool = False
+    fill_mode: str = "reflect"
+
+
+@dataclass
+class StageConfig:
+    """One training stage, declared as data.
+
+    `lr_steps` lists `[epoch, lr]` pairs: from that (stage-local, 0-based) epoch on,
+    the learning rate is `lr`, e.g. `[[25, 0.001]]` after 25 epochs at `lr`.
+    `cache_features=None` means: cache bottleneck features when the backbone is frozen.
+    `feature_views` is how many augmented views per training image are cached.
+    """
+
+    name: str
+    epochs: int
+    optimizer: str = "adam"  # adam | sgd | rmsprop | adamw
+    lr: float = 1e-3
+    momentum: float = 0.0
+    lr_steps: list = field(default_factory=list)
+    unfreeze: Unfreeze = 0
+    augment: bool = True
+    cache_features: bool | None = None
+    feature_views: int = 4
+    # Learning-rate schedule and per-block rates (see tltk.schedules, tltk.discriminative):
+    # schedule: constant | step | cosine | sgdr; schedule_args e.g. {"min_lr": 1e-5} or
+    # {"period": 5, "t_mul": 2.0, "m_mul": 1.0}; block i from the top trains at
+    # lr * block_lr_decay**i and the new head at lr * head_lr_mult.
+    schedule: str = "constant"
+    warmup_epochs: int = 0
+    schedule_args: dict = field(default_factory=dict)
+    block_lr_decay: float | None = None
+    head_lr_mult: float = 1.0
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run. Saved as `config.yaml` in the run directory."""
+
+    recipe: str = "custom"
+    backbone: str = "mobilenetv2"
+    weights: str = "imagenet"  # imagenet | none | path to a weights file
+    data: DataConfig = field(default_factory=DataConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    stages: list = field(default_factory=list)  # list[StageConfig]
+    batch_size: int = 32
+    seed: int = 0
+    top_k: int | None = None  # None: 5, or 2 when there are 5 classes or fewer
+    precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
+    jit: bool = False
+    out: str | None = None
+    cache_dir: str | None = None  # bottleneck feature cache; None: ~/.cache/tltk
+
+    def __post_init__(self):
+        self.stages = [s if isinstance(s, StageConfig) else _build(StageConfig, s, "stages")
+                       for s in self.stages]
+
+    # --- conversion -------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunConfig:
+        return _build(cls, data, "config")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str, source: str = "config") -> RunConfig:
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            line = getattr(getattr(exc, "problem_mark", None), "line", None)
+            where = f" (line {line + 1})" if line is not None else ""
+            raise TltkError(f"{source}: malformed YAML{where}; fix the file's syntax") from None
+        if not isinstance(data, dict):
+            raise TltkError(f"{source}: expected a mapping of config keys at the top level")
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise TltkError(f"--config: file not found: {path}")
+        return cls.from_yaml(path.read_text(), source=str(path))
+
+    # --- overrides --------------------------------------------------------
+    def override(self, overrides: dict[str, Any]) -> RunConfig:
+        """Return a copy with dotted keys replaced, e.g. {"data.image_size": 160}.
+
+        `stages.<name>.<field>` addresses a stage by name; `None` values are ignored.
+        """
+        data = self.to_dict()
+        for key, value in overrides.items():
+            if value is not None:
+                _set_path(data, key.split("."), value, key)
+        return RunConfig.from_dict(data)
+
+    def stage(self, name: str) -> StageConfig:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise TltkError(f"no stage named '{name}'; stages: {[s.name for s in self.stages]}")
+
+
+def _set_path(data: dict, parts: list[str], value, key: str) -> None:
+    head, rest = parts[0], parts[1:]
+    if isinstance(data, list):  # stages addressed by name
+        matches = [item for item in data if item.get("name") == head]
+        if not matches:
+            raise TltkError(f"{key}: no stage named '{head}'")
+        target = matches[0]
+    elif head not in data:
+        raise TltkError(f"{key}: unknown config key '{head}'")
+    else:
+        target = data
+    if not rest:
+        target[head] = value
+    else:
+        _set_path(target if isinstance(data, list) else data[head], rest, value, key)
+
+
+def _build(cls, data, where: str):
+    """Build dataclass `cls` from a plain dict, checking keys and basic types."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise TltkError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise TltkError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(names)}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise TltkError(f"{where}: {exc}") from None
+
+
+def _coerce(hint, value, where: str):
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    options = typing.get_args(hint) if _is_union(hint) else (hint,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise TltkError(f"{where}: a value is required")
+    for option in options:
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if option in (int, str, bool, list, dict) and type(value) is option:
+            return value
+        if option is typing.Any:
+            return value
+    if str in options and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    names = "/".join(getattr(o, "__name__", str(o)) for o in options)
+    raise TltkError(f"{where}: expected {names}, got {value!r}")
+
+
+def _is_union(hint) -> bool:
+    return typing.get_origin(hint) in (Union, types.UnionType)

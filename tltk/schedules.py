@@ -1,0 +1,166 @@
+"""Learning-rate schedules for one training stage.
+
+A stage's `schedule` is `constant`, `step` (driven by `lr_steps`), `cosine` (annealed
+to `schedule_args["min_lr"]` over the stage) or `sgdr` (cosine with warm restarts,
+Loshchilov & Hutter 2017: `period` in epochs, `t_mul`, `m_mul`, `min_lr`), with an
+optional linear warmup of `warmup_epochs` in front. Schedules are functions of the
+optimizer's step counter, which starts at 0 with each stage's fresh optimizer and is
+saved with it, so a resumed stage continues where it stopped. Without warmup they are
+Keras' own schedules, so saved models load with plain Keras; a warmup wraps them in
+`LinearWarmup`, registered on importing this module.
+
+Example:
+    >>> stage = StageConfig("finetune", epochs=30, optimizer="sgd", lr=0.004,
+    ...                     lr_steps=[[25, 0.001]])
+    >>> schedule = make_lr(stage, steps_per_epoch=100)  # 0.004 to step 2499, then 0.001
+    >>> round(float(schedule(2500)), 6)
+    0.001
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from tltk.config import StageConfig
+from tltk.errors import TltkError, unknown_name
+
+# Arguments each schedule accepts in `schedule_args`, with their defaults.
+SCHEDULE_ARGS = {
+    "constant": {},
+    "step": {},
+    "cosine": {"min_lr": 0.0},
+    "sgdr": {"period": 10, "t_mul": 2.0, "m_mul": 1.0, "min_lr": 0.0},
+}
+
+
+@keras.saving.register_keras_serializable(package="tltk")
+class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
+    """Scale `after` by a linear ramp (step + 1) / `warmup_steps` during warmup.
+
+    `after` is a schedule or a float; it is evaluated at `step - offset` (never below 0),
+    so `offset=warmup_steps` starts it after the warmup (cosine, sgdr) and `offset=0`
+    keeps it on the stage's own epochs (step).
+
+    Example:
+        >>> [round(float(LinearWarmup(0.1, warmup_steps=4)(s)), 6) for s in (0, 3, 9)]
+        [0.025, 0.1, 0.1]
+    """
+
+    def __init__(self, after, warmup_steps: int, offset: int = 0):
+        self.after = after
+        self.warmup_steps = int(warmup_steps)
+        self.offset = int(offset)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        ramp = ops.minimum(1.0, (step + 1.0) / float(self.warmup_steps))
+        if not callable(self.after):
+            return ramp * float(self.after)
+        inner = ops.maximum(step - float(self.offset), 0.0)
+        return ramp * ops.cast(self.after(inner), "float32")
+
+    def get_config(self):
+        after = self.after
+        if callable(after):
+            after = keras.saving.serialize_keras_object(after)
+        return {"after": after, "warmup_steps": self.warmup_steps, "offset": self.offset}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config["after"], dict):
+            config["after"] = keras.saving.deserialize_keras_object(config["after"])
+        return cls(**config)
+
+
+def schedule_name(stage: StageConfig) -> str:
+    """The effective schedule: a `constant` stage with `lr_steps` is a `step` stage."""
+    if stage.schedule == "constant" and stage.lr_steps:
+        return "step"
+    return stage.schedule
+
+
+def make_lr(stage: StageConfig, steps_per_epoch: int):
+    """The learning rate for `stage`: a float, or a serialisable schedule over steps.
+
+    Example:
+        >>> stage = StageConfig("ft", epochs=10, lr=0.01, schedule="cosine",
+        ...                     warmup_epochs=1, schedule_args={"min_lr": 1e-4})
+        >>> schedule = make_lr(stage, steps_per_epoch=50)   # 50 warmup + 450 cosine steps
+    """
+    name = schedule_name(stage)
+    where = f"stages.{stage.name}"
+    if name not in SCHEDULE_ARGS:
+        raise unknown_name(f"{where}.schedule", name, SCHEDULE_ARGS)
+    args = _schedule_args(stage, name, where)
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be at least 1, got {steps_per_epoch}")
+    if stage.warmup_epochs < 0 or (stage.warmup_epochs and stage.warmup_epochs >= stage.epochs
+                                   and name in ("cosine", "sgdr")):
+        raise TltkError(f"{where}.warmup_epochs: {stage.warmup_epochs} leaves no epochs for "
+                        f"the {name} schedule of a {stage.epochs}-epoch stage; lower it")
+    if stage.lr_steps and name != "step":
+        raise TltkError(f"{where}.lr_steps: only the step schedule uses lr_steps; "
+                        f"remove them or set schedule: step (got schedule: {name})")
+    warmup_steps = stage.warmup_epochs * steps_per_epoch
+    main = _main_schedule(stage, name, args, steps_per_epoch, warmup_steps, where)
+    if not warmup_steps:
+        return main
+    offset = 0 if name == "step" else warmup_steps
+    return LinearWarmup(main, warmup_steps=warmup_steps, offset=offset)
+
+
+def _schedule_args(stage: StageConfig, name: str, where: str) -> dict:
+    allowed = SCHEDULE_ARGS[name]
+    unknown = sorted(set(stage.schedule_args) - set(allowed))
+    if unknown:
+        valid = ", ".join(allowed) or "none"
+        raise TltkError(f"{where}.schedule_args: unknown key(s) {unknown} for schedule "
+                        f"'{name}'; valid keys: {valid}")
+    return {**allowed, **stage.schedule_args}
+
+
+def _main_schedule(stage, name, args, steps_per_epoch, warmup_steps, where):
+    lr = float(stage.lr)
+    if name == "constant":
+        return lr
+    if name == "step":
+        epochs, values = _check_lr_steps(stage.lr_steps, where)
+        # Keras keeps values[k] while step <= boundaries[k], so a rate that starts at
+        # epoch e has its boundary on the last step of epoch e - 1.
+        return keras.optimizers.schedules.PiecewiseConstantDecay(
+            [e * steps_per_epoch - 1 for e in epochs], [lr, *values])
+    alpha = _min_lr_fraction(args["min_lr"], lr, where)
+    if name == "cosine":
+        decay_steps = stage.epochs * steps_per_epoch - warmup_steps
+        return keras.optimizers.schedules.CosineDecay(lr, decay_steps=decay_steps, alpha=alpha)
+    if args["period"] <= 0 or args["t_mul"] <= 0:
+        raise TltkError(f"{where}.schedule_args: sgdr needs period > 0 and t_mul > 0")
+    return keras.optimizers.schedules.CosineDecayRestarts(
+        lr, first_decay_steps=int(round(args["period"] * steps_per_epoch)),
+        t_mul=float(args["t_mul"]), m_mul=float(args["m_mul"]), alpha=alpha)
+
+
+def _check_lr_steps(lr_steps, where: str) -> tuple[list[int], list[float]]:
+    if not lr_steps:
+        raise TltkError(f"{where}.lr_steps: the step schedule needs [epoch, lr] pairs, "
+                        "e.g. lr_steps: [[25, 0.001]]")
+    try:
+        epochs = [int(epoch) for epoch, _ in lr_steps]
+        values = [float(lr) for _, lr in lr_steps]
+    except (TypeError, ValueError):
+        raise TltkError(f"{where}.lr_steps: expected [epoch, lr] pairs, got {lr_steps!r}") \
+            from None
+    if any(b <= a for a, b in zip(epochs, epochs[1:])) or epochs[0] < 1:
+        raise TltkError(f"{where}.lr_steps: epochs must be increasing and at least 1, "
+                        f"got {epochs}")
+    return epochs, values
+
+
+def _min_lr_fraction(min_lr: float, lr: float, where: str) -> float:
+    # Keras' cosine schedules express the floor as a fraction of the initial rate.
+    if not 0 <= min_lr <= lr:
+        raise TltkError(f"{where}.schedule_args.min_lr: must lie in [0, lr={lr}], "
+                        f"got {min_lr}")
+    return min_lr / lr if lr else 0.0
