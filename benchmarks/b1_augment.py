@@ -54,9 +54,11 @@ def idg_flow(x: np.ndarray, params: dict, batches: int):
 
 def tltk_tf_data(x: np.ndarray, params: dict, batches: int):
     layer = RandomAffine(**params, seed=SEED)
+    # tltk's pipeline holds decoded images as uint8 (the same pixel values IDG gets as
+    # float32) and warps them as uint8, which is what this measures.
     # Finite, and iterated afresh per measurement: an endless prefetching pipeline would
     # keep augmenting in the background while the other pipelines are being timed.
-    ds = (tf.data.Dataset.from_tensor_slices(x).batch(BATCH_SIZE)
+    ds = (tf.data.Dataset.from_tensor_slices(x.astype(np.uint8)).batch(BATCH_SIZE)
           .map(lambda b: layer(b, training=True), num_parallel_calls=tf.data.AUTOTUNE)
           .prefetch(tf.data.AUTOTUNE))
 
@@ -69,7 +71,7 @@ def tltk_tf_data(x: np.ndarray, params: dict, batches: int):
 def tltk_function(x: np.ndarray, params: dict, batches: int):
     layer = RandomAffine(**params, seed=SEED)
     augment = tf.function(lambda b: layer(b, training=True))
-    inputs = [tf.constant(b) for b in np.split(x, batches)]
+    inputs = [tf.constant(b) for b in np.split(x.astype(np.uint8), batches)]
 
     def run():
         for b in inputs:

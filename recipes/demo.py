@@ -3,8 +3,8 @@
 Six shape classes at 64 px (`tltk.data.demo`), no download and no pretrained
 weights needed, so it runs on a fresh offline machine in about a minute on two CPU
 cores. It trains the from-scratch baseline CNN (`backbone="scratch"`) in two stages
-(Adam, then SGD with momentum 0.9 at a lower rate) and writes a complete run
-directory: configs, history, best and final models, metrics and the report.
+(12 epochs of Adam, then 3 of SGD with momentum 0.9, both at lr 1e-3) and writes a
+complete run directory: configs, history, best and final models, metrics and the report.
 For transfer learning on your own photos, see `recipes.folder`.
 
 Example:

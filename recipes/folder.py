@@ -1,9 +1,21 @@
 """`folder`: transfer learning on your own class-per-subfolder photos.
 
 Images are split stratified 70/15/15 (seeded) unless the folder already has
-`train/`, `val/` (and `test/`) subfolders. Two stages: the head on cached features
-of the frozen backbone (Adam 1e-3), then the top block fine-tuned with SGD
-(momentum 0.9, lr 1e-3) with BatchNorm kept in inference mode.
+`train/`, `val/` (and `test/`) subfolders. Two stages:
+
+1. `bottleneck`: the head on cached features of the frozen backbone (Adam 1e-3);
+2. `finetune`: the whole backbone at Adam 1e-5, every BatchNorm in inference mode,
+   with live augmentation.
+
+Why these settings (measured on flowers-128 with the dog-tuned MobileNetV2 weights in
+`../shared`, 160 px, 2 CPU cores): the head peaks after a few epochs and then overfits
+its cached features, so the stage is short. SGD with momentum 0.9 (the thesis's
+fine-tuning optimizer, kept by the `flowers` and `dogs` recipes) did not pay off here:
+at 1e-3 on the top one or four blocks validation top-1 stayed at 68-69 % against 70 %
+after the bottleneck (unclipped it collapsed to one class); on the whole network at
+2e-4 with the gradient norm clipped at 1 it touched 70.1 % and fell back. Adam at 1e-5
+on the whole network rose steadily: 70.0 % -> 71.5 % validation (72.6 % test) in six
+epochs, still rising.
 
 Example:
     >>> from recipes import folder
@@ -14,7 +26,7 @@ Example:
 from recipes import train_recipe
 from tltk.config import DataConfig, RunConfig, StageConfig
 
-SUMMARY = "your own photos (one subfolder per class): bottleneck, then fine-tune the top block"
+SUMMARY = "your own photos (one subfolder per class): bottleneck, then whole-net Adam 1e-5"
 
 
 def config() -> RunConfig:
@@ -22,9 +34,8 @@ def config() -> RunConfig:
         recipe="folder", backbone="mobilenetv2", weights="imagenet",
         data=DataConfig(dataset="folder"),
         stages=[
-            StageConfig("bottleneck", epochs=30, optimizer="adam", lr=1e-3, unfreeze=0),
-            StageConfig("finetune", epochs=5, optimizer="sgd", lr=1e-3, momentum=0.9,
-                        unfreeze=1),
+            StageConfig("bottleneck", epochs=6, optimizer="adam", lr=1e-3, unfreeze=0),
+            StageConfig("finetune", epochs=8, optimizer="adam", lr=1e-5, unfreeze="all"),
         ])
 
 

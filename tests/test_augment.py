@@ -219,3 +219,14 @@ def test_defaults_are_the_thesis_and_match_augment_config():
 def test_invalid_arguments_raise(bad):
     with pytest.raises(ValueError):
         RandomAffine(**bad)
+
+
+def test_uint8_input_warps_like_float_within_rounding():
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (2, 40, 40, 3)).astype(np.uint8)
+    params = {"theta": 7.0, "tx": 2.5, "ty": -1.5, "shear": 3.0, "zx": 1.05, "zy": 0.95}
+    layer = RandomAffine()
+    from_uint8 = layer.apply_transform(tf.constant(pixels), params)
+    from_float = layer.apply_transform(tf.constant(pixels.astype(np.float32)), params)
+    assert from_uint8.dtype == tf.float32
+    np.testing.assert_allclose(from_uint8.numpy(), from_float.numpy(), atol=1.0)

@@ -138,6 +138,6 @@ def test_lr_find_on_flowers_finetune_stage_with_block_rates(tmp_path):
     lines = []
     result = lr_find_config(config, "finetune", steps=10, start_lr=1e-5, end_lr=1.0,
                             out=tmp_path, say=lines.append)
-    assert "stage finetune (sgd, 1 trainable blocks) on mobilenetv2 at 64px" in lines[0]
+    assert "stage finetune (adam, 17 trainable blocks) on mobilenetv2 at 64px" in lines[0]
     assert len(result.losses) == 10 and np.isfinite(result.losses).all()
     assert (tmp_path / "lr_find.csv").is_file()

@@ -139,8 +139,8 @@ def test_engine_history_follows_the_stage_schedule(tmp_path):
     history = train(config, verbose=False).history
     steps = int(np.ceil(6 * 20 / 16))  # 6 demo classes x 20 training images per class
     schedule = make_lr(stage, steps)
-    # The logged rate is the optimizer's at the end of each epoch: step (epoch + 1) * steps.
-    expected = [float(schedule((e + 1) * steps)) for e in range(3)]
+    # The logged rate is the one each epoch's last step used: step (epoch + 1) * steps - 1.
+    expected = [float(schedule((e + 1) * steps - 1)) for e in range(3)]
     np.testing.assert_allclose(history["lr"], expected, rtol=1e-5)
     assert history["lr"].iloc[0] == pytest.approx(0.05)  # warmup done, cosine just starting
 

@@ -147,3 +147,14 @@ def test_fine_tuning_top_block_on_cached_activations_is_exact(tmp_path):
         100 * result.history["val_top1"].iloc[-1], abs=0.01)
     stages = json.loads((result.run_dir / "run.json").read_text())["stages"]
     assert [s["cached_features"] for s in stages] == ["pooled", "activations"]
+
+
+@pytest.mark.parametrize("precision,jit", [("mixed_bfloat16", False), ("float32", True)])
+def test_mixed_precision_and_xla_runs_train_and_keep_float32_outputs(tmp_path, precision, jit):
+    config = tiny(tmp_path, [StageConfig("s", epochs=1, unfreeze="all")],
+                  precision=precision, jit=jit)
+    result = train(config, verbose=False)
+    assert result.model.output.dtype == "float32"
+    assert keras.mixed_precision.global_policy().name == "float32", "policy restored"
+    model = load_model(result.run_dir / "final.keras")
+    assert model.get_layer("head").get_layer("predictions").dtype_policy.name == "float32"

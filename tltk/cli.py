@@ -70,15 +70,20 @@ def _overrides(**flags) -> dict:
             "data_dir": "data.path", "dataset": "data.dataset", "image_size": "data.image_size",
             "batch_size": "batch_size", "seed": "seed",
             "out": "out", "precision": "precision", "per_class": "data.per_class",
-            "class_weight": "data.class_weight", "resize": "data.resize"}
+            "class_weight": "data.class_weight", "resize": "data.resize",
+            "strategy": "strategy"}
     out = {keys[k]: v for k, v in flags.items() if k in keys and v is not None}
     if flags.get("jit"):
         out["jit"] = True
+    if flags.get("deterministic"):
+        out["deterministic"] = True
     return out
 
 
 @main.command()
-@click.argument("recipe")
+@click.argument("recipe", required=False)
+@click.option("--resume", "resume_dir", type=click.Path(),
+              help="Continue the interrupted run in RUN_DIR after its last completed epoch.")
 @click.option("--backbone", help="Backbone name (see `tltk backbones`).")
 @click.option("--weights", help="imagenet | none | path to a weights file.")
 @click.option("--data", help="Image folder (folder recipe), or a tfds data_dir.")
@@ -98,16 +103,44 @@ def _overrides(**flags) -> dict:
 @click.option("--jit", is_flag=True, help="Compile with XLA.")
 @click.option("--cache-features/--no-cache-features", default=None,
               help="Train frozen stages on cached bottleneck features (default on).")
-def train(recipe, config_file, epochs_head, epochs_finetune, cache_features, **flags):
-    """Train RECIPE (see `tltk recipes`) and evaluate best and final weights."""
+@click.option("--deterministic", is_flag=True,
+              help="Deterministic TensorFlow kernels: same --seed, same results.")
+@click.option("--strategy", help="auto | mirrored | multiworker (tf.distribute; see README).")
+def train(recipe, config_file, epochs_head, epochs_finetune, cache_features, resume_dir,
+          **flags):
+    """Train RECIPE (see `tltk recipes`) and evaluate best and final weights.
+
+    Rerunning with the same --out continues an interrupted run, as does --resume RUN_DIR.
+    """
     from recipes import get_recipe
     from tltk.config import RunConfig
 
+    if resume_dir:
+        _resume(resume_dir, recipe, config_file, epochs_head, epochs_finetune, cache_features,
+                flags)
+        return
+    if recipe is None:
+        raise TltkError("RECIPE: missing; give a recipe (see `tltk recipes`) or "
+                        "--resume RUN_DIR")
     module = get_recipe(recipe)
     base = RunConfig.load(config_file) if config_file else module.config()
     config = base.override(_overrides(**flags))
     config = _stage_overrides(config, epochs_head, epochs_finetune, cache_features)
     module.run(base=config)
+
+
+def _resume(run_dir, recipe, config_file, epochs_head, epochs_finetune, cache_features, flags):
+    """`tltk train --resume RUN_DIR`: the run's own config; other flags must agree with it."""
+    from tltk.resume import resume_config
+    from tltk.training import train as train_config
+
+    if config_file:
+        raise TltkError("--config: not used with --resume (the run's config.yaml is); "
+                        "leave out one of them")
+    if flags.get("out") and os.path.abspath(flags["out"]) != os.path.abspath(run_dir):
+        raise TltkError("--out: not used with --resume; the run continues in RUN_DIR")
+    config = resume_config(run_dir, recipe).override(_overrides(**{**flags, "out": None}))
+    train_config(_stage_overrides(config, epochs_head, epochs_finetune, cache_features))
 
 
 def _stage_overrides(config, epochs_head, epochs_finetune, cache_features):
@@ -290,6 +323,47 @@ def distance(path_a, path_b, image_size, components, max_images):
     value = image_set_distance(a, b, components)
     click.echo(f"MHD {value:.4f} ({len(a)} vs {len(b)} images at {image_size}px, "
                f"{min(components, len(a) + len(b), a[0].size)} PCA components)")
+
+
+@main.command()
+@click.argument("recipe")
+@click.option("--data", help="Image folder (folder recipe), or a tfds data_dir.")
+@click.option("--backbone", help="Backbone name (see `tltk backbones`).")
+@click.option("--weights", help="imagenet | none | path to a weights file.")
+@click.option("--image-size", type=int, help="Input size in pixels (default: backbone's).")
+@click.option("--tuner", default="random", show_default=True,
+              help="random | bayesian | hyperband.")
+@click.option("--max-trials", type=int, default=10, show_default=True)
+@click.option("--epochs-head", type=int, help="Epochs of the first (bottleneck) stage.")
+@click.option("--epochs-finetune", type=int, help="Epochs of every later (fine-tuning) stage.")
+@click.option("--per-class", type=int, help="Use at most N training images per class.")
+@click.option("--batch-size", type=int)
+@click.option("--seed", type=int)
+@click.option("--config", "config_file", type=click.Path(), help="YAML config to start from.")
+@click.option("--out", type=click.Path(),
+              help="Search folder (default runs/tune-<recipe>-<backbone>); rerun to continue.")
+@click.option("--overwrite", is_flag=True, help="Start afresh instead of continuing OUT.")
+def tune(recipe, config_file, tuner, max_trials, epochs_head, epochs_finetune, out, overwrite,
+         **flags):
+    """Search head and fine-tuning hyperparameters for RECIPE with keras-tuner.
+
+    Writes OUT/trials.csv and OUT/best_config.yaml (for `tltk train RECIPE --config`).
+    Distributed: set KERASTUNER_TUNER_ID (chief | tuner1, ...), KERASTUNER_ORACLE_IP and
+    KERASTUNER_ORACLE_PORT, and run the same command on the chief and every worker.
+    """
+    from recipes import get_recipe, set_stage_epochs
+    from tltk.config import RunConfig
+    from tltk.tuning import tune as run_search
+
+    base = RunConfig.load(config_file) if config_file else get_recipe(recipe).config()
+    config = set_stage_epochs(base.override(_overrides(**flags)), epochs_head, epochs_finetune)
+    result = run_search(config, tuner=tuner, max_trials=max_trials, out=out,
+                        overwrite=overwrite)
+    if result.best_config is not None:
+        shown = result.trials.drop(columns=["run_dir"])
+        click.echo(shown.to_string(index=False, float_format="{:.4g}".format))
+        click.echo(f"wrote {result.out / 'trials.csv'}; retrain the best with: tltk train "
+                   f"{recipe} --config {result.out / 'best_config.yaml'}")
 
 
 @main.command()

@@ -143,6 +143,8 @@ def make_optimizer(stage: StageConfig, model, lr, groups: dict[str, list] | None
         raise unknown_name(f"stages.{stage.name}.optimizer", stage.optimizer, OPTIMIZERS)
     plain, discriminative, takes_momentum = OPTIMIZERS[stage.optimizer]
     kwargs = {"momentum": stage.momentum} if takes_momentum else {}
+    if stage.clipnorm is not None:
+        kwargs["global_clipnorm"] = stage.clipnorm
     if stage.block_lr_decay is None and stage.head_lr_mult == 1.0:
         return plain(learning_rate=lr, **kwargs)
     if stage.block_lr_decay is not None and not 0 < stage.block_lr_decay <= 1:

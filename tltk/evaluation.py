@@ -124,4 +124,6 @@ def load_model(path):
 
     if not path.is_file():
         raise TltkError(f"RUN: model file not found: {path}; is the run finished?")
-    return keras.saving.load_model(path, safe_mode=True)
+    # compile=False: evaluation and inference need no optimizer (and restoring one
+    # whose variables differ from the saved stage's only produces warnings).
+    return keras.saving.load_model(path, safe_mode=True, compile=False)

@@ -6,6 +6,11 @@ and the final weights on every split. A frozen stage trains the head on cached
 bottleneck features (see `tltk.features`); a stage that unfreezes blocks trains the
 whole classifier on images, with augmentation in the input pipeline.
 
+Every epoch is committed to the run directory, so an interrupted run resumes after
+its last completed epoch (see `tltk.resume`); a NaN or infinite loss stops the run
+with the weights of the last good epoch kept and evaluated. `config.strategy` runs
+it all in a `tf.distribute` strategy (see `tltk.distribute`).
+
 Example:
     >>> from recipes import demo
     >>> result = train(demo.config().override({"stages.finetune.epochs": 1}))
@@ -15,9 +20,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import keras
@@ -26,7 +32,7 @@ import pandas as pd
 import tensorflow as tf
 
 from tltk import data as tltk_data
-from tltk import discriminative
+from tltk import discriminative, distribute, resume
 from tltk.backbones import (
     BackboneSpec,
     block_layers,
@@ -37,7 +43,13 @@ from tltk.backbones import (
     set_trainable,
     weights_checksum,
 )
-from tltk.callbacks import BestModelSaver, EpochLogger, HistoryWriter
+from tltk.callbacks import (
+    BestModelSaver,
+    EpochLogger,
+    HistoryWriter,
+    NonFiniteLossGuard,
+    NumericalFault,
+)
 from tltk.config import RunConfig, StageConfig
 from tltk.data.core import Dataset, make_pipeline
 from tltk.errors import TltkError, unknown_name
@@ -50,8 +62,8 @@ from tltk.schedules import make_lr
 
 # Cached features must fit in memory beside the model on a modest (24 GB) machine.
 CACHE_BUDGET_BYTES = 6e9
-
-
+# Shuffle buffer of a training image stream (decoded images are held in it).
+SHUFFLE_BUFFER = 10_000
 
 @dataclass
 class RunResult:
@@ -80,6 +92,9 @@ class Context:
     k: int
     callbacks: list
     log: callable
+    done: list = field(default_factory=list)  # stages a resumed run finished before
+    rolled_back: bool = False  # a numerical fault put back the last committed weights
+    resumed_seconds: float = 0.0  # training time of the current stage before a resume
 
 
 def log(message: str) -> None:
@@ -97,7 +112,9 @@ def validate(config: RunConfig) -> None:
               (config.data.resize in ("stretch", "crop", "pad"),
                "--resize must be stretch, crop or pad"),
               (config.data.class_weight in (None, "balanced"),
-               "--class-weight must be 'balanced' or unset")]
+               "--class-weight must be 'balanced' or unset"),
+              (config.data.per_class is None or config.data.per_class > 0,
+               "--per-class must be a positive integer (or unset for all images)")]
     for ok, message in checks:
         if not ok:
             raise TltkError(message)
@@ -110,6 +127,12 @@ def validate(config: RunConfig) -> None:
                                discriminative.OPTIMIZERS)
         if stage.lr <= 0:
             raise TltkError(f"stage '{stage.name}': lr must be positive (got {stage.lr})")
+        make_lr(stage, steps_per_epoch=1)  # a bad schedule fails now, not after a stage
+    names = [stage.name for stage in config.stages]
+    if len(set(names)) != len(names):
+        raise TltkError(f"stage names must be unique (got {names}); rename the repeated one")
+    if config.strategy not in distribute.STRATEGIES:
+        raise unknown_name("--strategy", config.strategy, distribute.STRATEGIES)
 
 
 def resolve(config: RunConfig, spec: BackboneSpec, dataset: Dataset) -> RunConfig:
@@ -121,19 +144,116 @@ def resolve(config: RunConfig, spec: BackboneSpec, dataset: Dataset) -> RunConfi
 
 
 def train(config: RunConfig, verbose: bool = True) -> RunResult:
-    """Run all stages of `config`, evaluate best and final weights, write the run dir."""
+    """Run all stages of `config`, evaluate best and final weights, write the run dir.
+
+    When `config.out` holds an unfinished run of the same config, it is resumed after
+    its last committed epoch instead.
+    """
     validate(config)
     spec = get_backbone(config.backbone)
+    for stage in config.stages:
+        resolve_unfreeze(spec, stage.unfreeze)  # bad block names fail before any work
+    strategy = distribute.make_strategy(config.strategy)
     keras.utils.set_random_seed(config.seed)
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(config.precision)
     try:
-        return _train(config, spec, log if verbose else (lambda _: None))
+        with op_determinism(config.deterministic), strategy.scope():
+            return _train(config, spec, log if verbose else (lambda _: None), strategy)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _train(config: RunConfig, spec: BackboneSpec, say) -> RunResult:
+@contextlib.contextmanager
+def op_determinism(enabled: bool):
+    """Turn on TensorFlow's deterministic kernels for a block (`--deterministic`).
+
+    TensorFlow only exports `enable_op_determinism`; its internal query and disable
+    (when present) switch it off again, so one deterministic run in a notebook or a
+    test session does not slow down the ones after it.
+
+    Example:
+        >>> with op_determinism(True):
+        ...     model.fit(...)  # bit-identical on a rerun with the same seed
+    """
+    from tensorflow.python.framework import config as tf_config
+
+    is_enabled = getattr(tf_config, "is_op_determinism_enabled", lambda: True)
+    was = not enabled or is_enabled()
+    if not was:
+        tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if not was and hasattr(tf_config, "disable_op_determinism"):
+            tf_config.disable_op_determinism()
+
+
+def _train(config: RunConfig, spec: BackboneSpec, say, strategy=None) -> RunResult:
+    ctx = prepare(config, spec, say, strategy)
+    try:
+        for stage in ctx.config.stages:
+            run_stage(ctx, stage)
+        result = finish(ctx)
+    except NumericalFault as fault:
+        raise _after_fault(ctx, fault) from None
+    except BaseException as exc:
+        _mark_failed(ctx, f"{type(exc).__name__}: {exc}")
+        ctx.run.close()
+        raise
+    ctx.run.set_status("complete", finished=time.time())
+    resume.clear(ctx.run)
+    ctx.run.close()
+    say(f"report: {write_run_report(ctx.run.path)}")
+    distribute.cleanup(ctx.run, strategy)
+    return result
+
+
+def end_run(ctx: Context) -> None:
+    """Mark a run complete without evaluating it: drop its resume state, release its lock.
+
+    The tuner ends each trial with it (trials are compared on validation only).
+    """
+    ctx.run.set_status("complete", finished=time.time())
+    resume.clear(ctx.run)
+    ctx.run.close()
+
+
+def _restore(ctx: Context) -> None:
+    """On a resumed run: restore the end of its last finished stage, which `run_stage`
+    then skips with the ones before it."""
+    if not ctx.run.resumed:
+        return
+    ctx.done = resume.restore_stages(ctx.run, ctx.model, _trackers(ctx))
+    if ctx.done:
+        ctx.log(f"resuming: stage(s) {', '.join(ctx.done)} finished before the interruption")
+
+
+def _mark_failed(ctx: Context, reason: str) -> None:
+    try:
+        ctx.run.set_status("failed", error=reason[:500])
+    except (OSError, TltkError):  # a full disk must not hide the original error
+        pass
+
+
+def _after_fault(ctx: Context, fault: NumericalFault) -> NumericalFault:
+    """Evaluate what the run kept (best and last good weights), mark it failed."""
+    kept = ""
+    try:
+        if ctx.rolled_back or ctx.run.file("best.keras").is_file():
+            finish(ctx)
+            kept = f"; kept the best and the last good weights in {ctx.run.path}"
+    finally:
+        _mark_failed(ctx, f"NumericalFault: {fault}")
+        ctx.run.close()
+    return NumericalFault(f"{fault}{kept}")
+
+
+def prepare(config: RunConfig, spec: BackboneSpec, say=log, strategy=None) -> Context:
+    """Load data, build the classifier and create the run directory (no training yet).
+
+    The pieces `train` runs stage by stage; the tuner and the LR finder use them too.
+    """
     size = config.data.image_size or spec.default_size
     weights = config.weights if spec.pretrained else "none"
     check_image_size(spec, size)
@@ -141,49 +261,59 @@ def _train(config: RunConfig, spec: BackboneSpec, say) -> RunResult:
     tltk_data.require_training_splits(dataset)
     backbone = build_backbone(spec, weights, size)  # unavailable weights fail before training
     config = resolve(config, spec, dataset)
-    run = RunDir.create(config.out, config.to_yaml())
+    run = RunDir.create(distribute.run_path(config.out, strategy), config.to_yaml())
     say(f"run {run.path}: {spec.name} ({weights} weights) at {size}px on {dataset.name}: "
         f"{dataset.num_classes} classes, "
-        + ", ".join(f"{name} {len(s)}" for name, s in dataset.splits.items()))
-    try:
-        result = _run_stages(config, spec, dataset, run, backbone, say)
-    except BaseException as exc:
-        run.set_status("failed", error=f"{type(exc).__name__}: {exc}"[:500])
-        raise
-    run.set_status("complete", finished=time.time())
-    say(f"report: {write_run_report(run.path)}")
-    return result
-
-
-def _run_stages(config, spec, dataset, run, backbone, say) -> RunResult:
+        + ", ".join(f"{name} {len(s)}" for name, s in dataset.splits.items())
+        + (" (resumed)" if run.resumed else ""))
     run.write_json("classes.json", dataset.class_names)
     if dataset.skipped:
         skipped = pd.DataFrame(dataset.skipped, columns=["path", "reason"])
         write_csv(run.file("skipped.csv"), skipped)
         say(f"skipped {len(dataset.skipped)} unreadable files: see {run.file('skipped.csv')}")
     model = build_classifier(backbone, spec, dataset.num_classes, config.head)
-    saver = BestModelSaver(model, run)
-    history = HistoryWriter(run)
-    ctx = Context(config, spec, dataset, model, run, config.data.image_size, config.top_k,
-                  [history, saver, EpochLogger(say)], say)
-    for stage in config.stages:
-        run_stage(ctx, stage)
+    callbacks = [HistoryWriter(run), BestModelSaver(model, run), EpochLogger(say)]
+    ctx = Context(config, spec, dataset, model, run, size, config.top_k, callbacks, say)
+    try:
+        _restore(ctx)
+    except BaseException:
+        run.close()
+        raise
+    return ctx
+
+
+def _trackers(ctx: Context) -> tuple[HistoryWriter, BestModelSaver]:
+    history = next(cb for cb in ctx.callbacks if isinstance(cb, HistoryWriter))
+    saver = next(cb for cb in ctx.callbacks if isinstance(cb, BestModelSaver))
+    return history, saver
+
+
+def finish(ctx: Context) -> RunResult:
+    """Save the final model, evaluate best and final weights, print the table."""
+    run, model, config = ctx.run, ctx.model, ctx.config
+    saver = _trackers(ctx)[1]
     save_model(model, run.file("final.keras"))
     if not run.file("best.keras").is_file():  # no validation improvement was ever seen
         save_model(model, run.file("best.keras"))
     best = load_model(run.file("best.keras"))
-    metrics = evaluate_models({"best": best, "final": model}, dataset, run, ctx.image_size,
+    metrics = evaluate_models({"best": best, "final": model}, ctx.dataset, run, ctx.image_size,
                               config.batch_size, ctx.k, config.data.resize)
-    say(f"best weights: epoch {saver.best_epoch + 1} of {saver.epochs_seen}, stage "
-        f"{saver.best_stage} (val top-1 {100 * saver.best:.2f}%)")
-    say(format_table(metrics))
+    ctx.log(f"best weights: epoch {saver.best_epoch + 1} of {saver.epochs_seen}, stage "
+            f"{saver.best_stage} (val top-1 {100 * saver.best:.2f}%)")
+    ctx.log(format_table(metrics))
     return RunResult(run.path, metrics, model, config)
 
 
 # --- one stage ----------------------------------------------------------------
 
 def run_stage(ctx: Context, stage: StageConfig) -> None:
-    """Freeze/unfreeze blocks, recompile with the stage's optimizer, and fit."""
+    """Freeze/unfreeze blocks, recompile with the stage's optimizer, and fit.
+
+    A stage a resumed run finished before (`ctx.done`) is skipped; a stage it was in
+    the middle of continues after its last committed epoch.
+    """
+    if stage.name in ctx.done:
+        return
     backbone = backbone_of(ctx.model)
     blocks = set_trainable(backbone, ctx.spec, stage.unfreeze)
     freeze_head_batchnorm(ctx.model, frozen=bool(blocks) and ctx.spec.pretrained)
@@ -196,12 +326,13 @@ def run_stage(ctx: Context, stage: StageConfig) -> None:
             + where)
     for cb in ctx.callbacks:
         cb.stage = stage.name
-    started = time.time()
+    started, ctx.resumed_seconds = time.time(), 0.0
     if cache:
         fitted = _fit_on_features(ctx, stage, [] if cache == "pooled" else blocks)
     else:
         fitted = _fit_on_images(ctx, stage)
-    _record_stage(ctx, stage, blocks, cache, fitted.optimizer, time.time() - started)
+    seconds = ctx.resumed_seconds + time.time() - started
+    _record_stage(ctx, stage, blocks, cache, fitted.optimizer, seconds)
 
 
 def freeze_head_batchnorm(model: keras.Model, frozen: bool) -> None:
@@ -236,13 +367,13 @@ def _use_cache(ctx: Context, stage: StageConfig, blocks) -> str | None:
 
 
 def _record_stage(ctx, stage, blocks, cached, optimizer, seconds) -> None:
-    """Append what the stage really ran with to run.json (the optimizer switch shows)."""
+    """Append what the stage really ran with to run.json (the optimizer switch shows),
+    with the weights a resume restarts from."""
     entry = {"name": stage.name, "optimizer": type(optimizer).__name__,
              "momentum": float(getattr(optimizer, "momentum", 0.0) or 0.0),
              "trainable_blocks": blocks, "cached_features": cached,
              "epochs": stage.epochs, "seconds": round(seconds, 1)}
-    stages = (ctx.run.status() or {}).get("stages", [])
-    ctx.run.set_status("running", stages=[*stages, entry])
+    resume.complete_stage(ctx.run, stage.name, ctx.model, _trackers(ctx), entry)
 
 
 def _describe_blocks(blocks, spec) -> str:
@@ -269,6 +400,8 @@ def _describe_optimizer(stage: StageConfig) -> str:
         text += f", x{stage.block_lr_decay:g} per block down"
     if stage.head_lr_mult != 1.0:
         text += f", head x{stage.head_lr_mult:g}"
+    if stage.clipnorm is not None:
+        text += f", gradient norm clipped at {stage.clipnorm:g}"
     return text
 
 
@@ -299,11 +432,45 @@ def class_weights(ctx: Context) -> dict | None:
 
 
 def _augmenter(ctx: Context, stage: StageConfig, seed: int):
+    """The stage's augmentation as `(images, batch seed) -> images`, or None."""
     if not stage.augment:
         return None
     from tltk.augment import RandomAffine
 
-    return RandomAffine(**vars(ctx.config.augment), seed=seed)
+    return resume.seeded_augment(RandomAffine(**vars(ctx.config.augment), seed=seed))
+
+
+def _fit(ctx: Context, stage: StageConfig, fitted: keras.Model, steps: int, make_train,
+         val_ds, frozen: str | None = None) -> keras.Model:
+    """Compile `fitted`, continue after the stage's last committed epoch, fit the rest.
+
+    `make_train(first)` returns the training batches of epochs `first`.. of the stage.
+    """
+    _compile(ctx, fitted, stage, steps)
+    trackers = _trackers(ctx)
+    state = resume.restore_epoch(ctx.run, stage.name, fitted, ctx.model, trackers, frozen)
+    first = state["epochs_done"] if state else 0
+    if state:
+        ctx.resumed_seconds = state["seconds"]
+        ctx.log(f"  resuming stage {stage.name} after epoch {first} of {stage.epochs}")
+    if first >= stage.epochs:
+        return fitted
+    checkpoint = resume.EpochCheckpoint(ctx.run, stage.name, ctx.model, trackers,
+                                        ctx.resumed_seconds, frozen)
+    guard = NonFiniteLossGuard(stage.name, fix=f"lower stages.{stage.name}.lr (now {stage.lr:g}) "
+                               f"or set stages.{stage.name}.clipnorm (e.g. 1.0) in a --config YAML")
+    trackers[1].deferred = True  # best.keras follows the epoch's commit
+    try:
+        fitted.fit(make_train(first), validation_data=val_ds, epochs=stage.epochs,
+                   initial_epoch=first, steps_per_epoch=steps, verbose=0, shuffle=False,
+                   callbacks=[*ctx.callbacks, checkpoint, guard],
+                   class_weight=class_weights(ctx))
+    except NumericalFault:
+        ctx.rolled_back = resume.rollback(ctx.run, stage.name, fitted, ctx.model)
+        raise
+    finally:
+        trackers[1].deferred = False
+    return fitted
 
 
 def _fit_on_images(ctx: Context, stage: StageConfig) -> keras.Model:
@@ -311,16 +478,23 @@ def _fit_on_images(ctx: Context, stage: StageConfig) -> keras.Model:
     train = ctx.dataset.splits["train"]
     steps = math.ceil(len(train) / cfg.batch_size)
     fits = tltk_data.core.images_fit_in_memory(len(train), ctx.image_size)
-    train_ds = make_pipeline(train, ctx.image_size, cfg.batch_size, training=True,
-                             seed=cfg.seed, augment=_augmenter(ctx, stage, cfg.seed),
-                             resize_policy=cfg.data.resize, cache=cfg.data.cache_images and fits)
+    # Decoded, resized and cached once; every epoch then shuffles with its own seed.
+    examples = make_pipeline(train, ctx.image_size, cfg.batch_size, training=False,
+                             seed=cfg.seed, resize_policy=cfg.data.resize,
+                             cache=cfg.data.cache_images and fits).unbatch()
+    # Pixels are whole 0..255 levels: as uint8 the shuffle buffer takes a quarter of the
+    # memory, and the augmenter warps uint8 batches (it returns float32).
+    examples = examples.map(lambda x, y: (tf.cast(x, tf.uint8), y))
+    augment = _augmenter(ctx, stage, cfg.seed) or (lambda x, _: tf.cast(x, tf.float32))
     val_ds = make_pipeline(ctx.dataset.splits["val"], ctx.image_size, cfg.batch_size,
                            training=False, seed=cfg.seed, resize_policy=cfg.data.resize,
                            cache=cfg.data.cache_images and fits)
-    _compile(ctx, ctx.model, stage, steps)
-    ctx.model.fit(train_ds, validation_data=val_ds, epochs=stage.epochs, verbose=0,
-                  shuffle=False, callbacks=ctx.callbacks, class_weight=class_weights(ctx))
-    return ctx.model
+
+    def make_train(first: int) -> tf.data.Dataset:
+        return resume.epoch_stream(examples, len(train), cfg.batch_size, cfg.seed, first,
+                                   stage.epochs, min(len(train), SHUFFLE_BUFFER), augment)
+
+    return _fit(ctx, stage, ctx.model, steps, make_train, val_ds)
 
 
 def _fit_on_features(ctx: Context, stage: StageConfig, blocks: list[str]) -> keras.Model:
@@ -333,37 +507,45 @@ def _fit_on_features(ctx: Context, stage: StageConfig, blocks: list[str]) -> ker
         ctx.log(f"  cached activations would need {need / 1e9:.1f} GB (budget "
                 f"{CACHE_BUDGET_BYTES / 1e9:.0f} GB): training on images instead")
         return _fit_on_images(ctx, stage)
-    train = _features(ctx, stage, lower, cut, "train", views)
-    val = _features(ctx, stage, lower, cut, "val", 1)[0]
+    frozen = weights_checksum(lower)
+    train = _features(ctx, stage, lower, cut, frozen, "train", views)
+    val = _features(ctx, stage, lower, cut, frozen, "val", 1)[0]
     n = train.shape[1]
     labels = ctx.dataset.splits["train"].labels
     steps = math.ceil(n / cfg.batch_size)
     flat = train.reshape(-1, *train.shape[2:])
-    # Every epoch draws n samples from all views, so an epoch means the same as on images.
-    train_ds = (tf.data.Dataset.from_tensor_slices((flat, np.tile(labels, views)))
-                .shuffle(n * views, seed=cfg.seed).repeat().batch(cfg.batch_size)
-                .prefetch(tf.data.AUTOTUNE))
+    examples = tf.data.Dataset.from_tensor_slices((flat, np.tile(labels, views)))
     val_ds = tf.data.Dataset.from_tensor_slices((val, ctx.dataset.splits["val"].labels))
-    _compile(ctx, upper, stage, steps)
-    upper.fit(train_ds, validation_data=val_ds.batch(cfg.batch_size), epochs=stage.epochs,
-              steps_per_epoch=steps, verbose=0, shuffle=False, callbacks=ctx.callbacks,
-              class_weight=class_weights(ctx))
-    return upper
+
+    def make_train(first: int) -> tf.data.Dataset:
+        # Every epoch draws n samples from all views, so an epoch means the same as on images.
+        return resume.epoch_stream(examples, n, cfg.batch_size, cfg.seed, first, stage.epochs,
+                                   n * views)
+
+    return _fit(ctx, stage, upper, steps, make_train, val_ds.batch(cfg.batch_size), frozen)
 
 
-def _features(ctx: Context, stage: StageConfig, lower: keras.Model, cut: str, split: str,
-              views: int) -> np.ndarray:
+def _features(ctx: Context, stage: StageConfig, lower: keras.Model, cut: str, checksum: str,
+              split: str, views: int) -> np.ndarray:
     cfg = ctx.config
-    key = {"backbone": ctx.spec.name, "cut": cut, "weights": weights_checksum(lower),
+    # "draws" marks per-batch seeded augmentation: caches of older versions differ.
+    key = {"backbone": ctx.spec.name, "cut": cut, "weights": checksum,
            "image_size": ctx.image_size, "preprocess": ctx.spec.preprocess,
-           "resize": cfg.data.resize, "augment": vars(cfg.augment), "seed": cfg.seed}
+           "resize": cfg.data.resize, "augment": vars(cfg.augment), "seed": cfg.seed,
+           "draws": "per-batch"}
 
     def make_inputs(view: int):
-        augment = _augmenter(ctx, stage, cfg.seed + view) if view else None
         ds = make_pipeline(ctx.dataset.splits[split], ctx.image_size, cfg.batch_size,
-                           training=False, seed=cfg.seed, augment=augment,
-                           resize_policy=cfg.data.resize, cache=False)
-        return ds.map(lambda x, y: x)
+                           training=False, seed=cfg.seed, resize_policy=cfg.data.resize,
+                           cache=False)
+        augment = _augmenter(ctx, stage, cfg.seed + view) if view else None
+        if augment is None:
+            return ds.map(lambda x, y: x)
+        view_seed = resume.epoch_seed(cfg.seed, view)
+        return ds.enumerate().map(
+            lambda i, xy: augment(tf.cast(xy[0], tf.uint8),
+                                  tf.stack([tf.constant(view_seed, tf.int64), i])),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     cache = FeatureCache(cfg.cache_dir)
     return cache.get(lower, ctx.dataset.splits[split], key, make_inputs, views,

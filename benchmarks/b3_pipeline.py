@@ -1,0 +1,84 @@
+"""B3: fine-tuning throughput from JPEG files through tltk's pipeline vs in-memory tensors.
+
+The model is a fine-tuning stage's (MobileNetV2 @160, top block unfrozen, SGD). One
+side reads flowers-128 JPEGs through `tltk.data.make_pipeline` (decode, resize, cache,
+shuffle, fused augmentation); the other trains on the same images already decoded into
+a numpy array, with no augmentation at all. The pipeline keeps pace if the ratio of
+images/s is close to 1. Measured side by side, interleaved, in one process.
+
+Example:
+    $ python -m benchmarks.b3_pipeline --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import keras
+
+from benchmarks._common import machine_info, print_table, write_results
+from benchmarks._flowers import BATCH_SIZE, IMAGE_SIZE, SEED, flowers_setup, in_memory
+from tltk.augment import RandomAffine
+from tltk.backbones import get_backbone, set_trainable
+from tltk.config import AugmentConfig
+from tltk.data.core import make_pipeline
+from tltk.heads import backbone_of
+
+NAME = "b3_pipeline"
+GOAL_RATIO = 0.9
+
+
+def _rate(fit, images: int) -> float:
+    start = time.perf_counter()
+    fit()
+    return images / (time.perf_counter() - start)
+
+
+def measure(per_class: int, repeats: int) -> dict:
+    setup = flowers_setup(per_class)
+    model = setup.model
+    set_trainable(backbone_of(model), get_backbone("mobilenetv2"), unfreeze=1)
+    model.compile(keras.optimizers.SGD(1e-3, momentum=0.9), "sparse_categorical_crossentropy")
+    train = setup.dataset.splits["train"]
+    augment = RandomAffine(**vars(AugmentConfig()), seed=SEED)
+    pipeline = make_pipeline(train, IMAGE_SIZE, BATCH_SIZE, training=True, seed=SEED,
+                             augment=augment, cache=True)
+    x, y = in_memory(setup.dataset, "train")
+    n = len(train)
+    first_epoch = _rate(lambda: model.fit(pipeline, epochs=1, verbose=0), n)  # decodes JPEGs
+    model.fit(x, y, batch_size=BATCH_SIZE, epochs=1, verbose=0)  # warm-up of the other path
+    files, memory = [], []
+    for _ in range(repeats):
+        files.append(_rate(lambda: model.fit(pipeline, epochs=1, verbose=0), n))
+        memory.append(_rate(lambda: model.fit(x, y, batch_size=BATCH_SIZE, epochs=1,
+                                              verbose=0, shuffle=True), n))
+    pipe, mem = statistics.median(files), statistics.median(memory)
+    return {"train_images": n, "first_epoch_images_per_s": round(first_epoch, 1),
+            "pipeline_images_per_s": round(pipe, 1), "in_memory_images_per_s": round(mem, 1),
+            "ratio": round(pipe / mem, 3)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="60 images per class, 2 repeats")
+    args = parser.parse_args(argv)
+    figures = measure(60 if args.quick else 200, 2 if args.quick else 3)
+    figures.update(benchmark=NAME, quick=args.quick, goal_ratio=GOAL_RATIO,
+                   met=figures["ratio"] >= GOAL_RATIO, machine=machine_info())
+    path = write_results(NAME, figures)
+    print_table([
+        {"side": "JPEG files, first epoch (decode + augment)",
+         "images/s": figures["first_epoch_images_per_s"]},
+        {"side": "JPEG files via tltk pipeline (cached decode, augment)",
+         "images/s": figures["pipeline_images_per_s"]},
+        {"side": "in-memory tensors, no augmentation",
+         "images/s": figures["in_memory_images_per_s"]}])
+    print(f"ratio {figures['ratio']} (goal {GOAL_RATIO}, met {figures['met']})")
+    print(f"written {path}")
+    return figures
+
+
+if __name__ == "__main__":
+    main()
