@@ -85,3 +85,17 @@ def timeit(fn: Callable[[], object], repeats: int, warmup: int) -> list[float]:
         fn()
         times.append(time.perf_counter() - start)
     return times
+
+
+def report_ratio(name: str, figures: dict, quick: bool, goal: float, rows: list[dict]) -> dict:
+    """Stamp a ratio benchmark's figures (goal, met, machine), write them and print a table.
+
+    `figures` must hold "ratio" (tltk over the reference, higher is better).
+    """
+    figures.update(benchmark=name, quick=quick, goal_ratio=goal,
+                   met=figures["ratio"] >= goal, machine=machine_info())
+    path = write_results(name, figures)
+    print_table(rows)
+    print(f"ratio {figures['ratio']} (goal {goal}, met {figures['met']})")
+    print(f"written {path}")
+    return figures

@@ -18,7 +18,7 @@ import time
 
 import keras
 
-from benchmarks._common import machine_info, print_table, write_results
+from benchmarks._common import report_ratio
 from benchmarks._flowers import BATCH_SIZE, IMAGE_SIZE, SEED, flowers_setup, in_memory
 from tltk.augment import RandomAffine
 from tltk.backbones import get_backbone, set_trainable
@@ -65,19 +65,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="60 images per class, 2 repeats")
     args = parser.parse_args(argv)
     figures = measure(60 if args.quick else 200, 2 if args.quick else 3)
-    figures.update(benchmark=NAME, quick=args.quick, goal_ratio=GOAL_RATIO,
-                   met=figures["ratio"] >= GOAL_RATIO, machine=machine_info())
-    path = write_results(NAME, figures)
-    print_table([
+    rows = [
         {"side": "JPEG files, first epoch (decode + augment)",
          "images/s": figures["first_epoch_images_per_s"]},
         {"side": "JPEG files via tltk pipeline (cached decode, augment)",
          "images/s": figures["pipeline_images_per_s"]},
         {"side": "in-memory tensors, no augmentation",
-         "images/s": figures["in_memory_images_per_s"]}])
-    print(f"ratio {figures['ratio']} (goal {GOAL_RATIO}, met {figures['met']})")
-    print(f"written {path}")
-    return figures
+         "images/s": figures["in_memory_images_per_s"]}]
+    return report_ratio(NAME, figures, args.quick, GOAL_RATIO, rows)
 
 
 if __name__ == "__main__":

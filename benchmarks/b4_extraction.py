@@ -16,7 +16,7 @@ import statistics
 import tempfile
 import time
 
-from benchmarks._common import machine_info, print_table, write_results
+from benchmarks._common import report_ratio
 from benchmarks._flowers import BATCH_SIZE, IMAGE_SIZE, SEED, flowers_setup, in_memory
 from tltk.data.core import make_pipeline
 from tltk.features import FeatureCache
@@ -64,16 +64,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="60 images per class, 2 repeats")
     args = parser.parse_args(argv)
     figures = measure(60 if args.quick else 200, 2 if args.quick else 3)
-    figures.update(benchmark=NAME, quick=args.quick, goal_ratio=GOAL_RATIO,
-                   met=figures["ratio"] >= GOAL_RATIO, machine=machine_info())
-    path = write_results(NAME, figures)
-    print_table([{"side": "tltk FeatureCache from JPEG files",
+    rows = [{"side": "tltk FeatureCache from JPEG files",
                   "images/s": figures["tltk_images_per_s"]},
                  {"side": "bare model.predict on in-memory tensors",
-                  "images/s": figures["bare_predict_images_per_s"]}])
-    print(f"ratio {figures['ratio']} (goal {GOAL_RATIO}, met {figures['met']})")
-    print(f"written {path}")
-    return figures
+                  "images/s": figures["bare_predict_images_per_s"]}]
+    return report_ratio(NAME, figures, args.quick, GOAL_RATIO, rows)
 
 
 if __name__ == "__main__":
