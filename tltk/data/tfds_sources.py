@@ -143,7 +143,7 @@ def _dog_label_names(builder) -> list[str]:
     """tfds label names `n02085620-chihuahua`, ... in label order.
 
     They come from the prepared data's metadata; an unprepared (or mocked) builder only
-    knows placeholder names, and then the published order is used (tfds sorts the names).
+    knows generic class names, and then the published order is used (tfds sorts the names).
     """
     names = list(builder.info.features["label"].names)
     return names if all("-" in name for name in names) else list(STANFORD_DOGS)
