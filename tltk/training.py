@@ -340,8 +340,8 @@ def freeze_head_batchnorm(model: keras.Model, frozen: bool) -> None:
 
     Its moving statistics were learned on the bottleneck features; if it renormalised
     with batch statistics while those features drift, training mode and inference
-    mode would disagree and validation accuracy can collapse to one class. Frozen,
-    every BatchNorm runs in inference mode and train and eval see the same network.
+    mode would disagree. Frozen, every BatchNorm runs in inference mode and train and
+    eval see the same network.
     """
     for layer in model.get_layer("head").layers:
         if isinstance(layer, keras.layers.BatchNormalization):
