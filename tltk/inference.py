@@ -26,7 +26,7 @@ import yaml
 from PIL import Image, UnidentifiedImageError
 
 from tltk.analysis import average_probs
-from tltk.data.core import decode_image_file, resize
+from tltk.data.core import decode_image_file, prepare_image
 from tltk.data.folder import list_images
 from tltk.errors import TltkError
 from tltk.evaluation import load_model, metrics_rows, predict_split
@@ -98,9 +98,8 @@ def read_image(path: str | Path, size: int, policy: str = "stretch") -> np.ndarr
         image = decode_image_file(tf.constant(str(path)))
     except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
         image = _decode_with_pillow(path)
-    # Rounded to whole pixel values like `make_pipeline`, so a prediction sees exactly the
-    # pixels evaluation saw.
-    return tf.round(resize(image, size, policy)).numpy()
+    # The same preparation as `make_pipeline`: a prediction sees the pixels evaluation saw.
+    return tf.cast(prepare_image(image, size, policy), tf.float32).numpy()
 
 
 def _decode_with_pillow(path: Path) -> tf.Tensor:

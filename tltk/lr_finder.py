@@ -221,12 +221,10 @@ def lr_find_config(config, stage: str | None = None, steps: int = 100, start_lr:
     spec = get_backbone(config.backbone)
     size = config.data.image_size or spec.default_size
     keras.utils.set_random_seed(config.seed)
-    previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(config.precision)
-    try:
+    from tltk.training import precision_policy
+
+    with precision_policy(config.precision):
         return _lr_find(config, chosen, spec, size, steps, start_lr, end_lr, out, say)
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
 
 
 def _lr_find(config, chosen, spec, size, steps, start_lr, end_lr, out, say) -> LRFinderResult:

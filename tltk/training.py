@@ -155,13 +155,25 @@ def train(config: RunConfig, verbose: bool = True) -> RunResult:
         resolve_unfreeze(spec, stage.unfreeze)  # bad block names fail before any work
     strategy = distribute.make_strategy(config.strategy)
     keras.utils.set_random_seed(config.seed)
-    previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(config.precision)
+    with precision_policy(config.precision), op_determinism(config.deterministic), \
+            strategy.scope():
+        return _train(config, spec, log if verbose else (lambda _: None), strategy)
+
+
+@contextlib.contextmanager
+def precision_policy(name: str):
+    """Set Keras's global dtype policy for a block and restore the previous one after.
+
+    Example:
+        >>> with precision_policy("mixed_bfloat16"):
+        ...     model = build_classifier(...)
+    """
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
     try:
-        with op_determinism(config.deterministic), strategy.scope():
-            return _train(config, spec, log if verbose else (lambda _: None), strategy)
+        yield
     finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
+        keras.mixed_precision.set_global_policy(previous)
 
 
 @contextlib.contextmanager

@@ -35,7 +35,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import math
 import os
@@ -52,7 +51,16 @@ from tltk.callbacks import BestModelSaver, NumericalFault
 from tltk.config import RunConfig
 from tltk.errors import TltkError, unknown_name
 from tltk.rundir import RunDir, save_model, write_csv, write_text
-from tltk.training import Context, end_run, log, op_determinism, prepare, run_stage, validate
+from tltk.training import (
+    Context,
+    end_run,
+    log,
+    op_determinism,
+    precision_policy,
+    prepare,
+    run_stage,
+    validate,
+)
 
 OBJECTIVE = "val_top1"
 TUNERS = {"random": keras_tuner.RandomSearch, "bayesian": keras_tuner.BayesianOptimization,
@@ -363,7 +371,7 @@ def tune(config: RunConfig, tuner: str = "random", max_trials: int = 10,
     if not is_worker():
         _check_same_search(out, config, tuner, space, overwrite)
     hypermodel = TransferHyperModel(config, out, space, say=log if verbose else _silent)
-    with _precision(config.precision), op_determinism(config.deterministic):
+    with precision_policy(config.precision), op_determinism(config.deterministic):
         # Workers must not delete the shared folder the chief and other workers use.
         searcher = make_tuner(hypermodel, tuner, max_trials, overwrite and not is_worker())
         try:
@@ -387,15 +395,6 @@ def tune(config: RunConfig, tuner: str = "random", max_trials: int = 10,
 def _silent(_message: str) -> None:
     pass
 
-
-@contextlib.contextmanager
-def _precision(policy: str):
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(policy)
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 def _check_same_search(out: Path, config: RunConfig, tuner: str, space: SearchSpace,

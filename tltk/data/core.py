@@ -119,8 +119,14 @@ def resize(image: tf.Tensor, size: int, policy: str = "stretch") -> tf.Tensor:
     return tf.clip_by_value(out, 0.0, 255.0)
 
 
-def _to_uint8(image: tf.Tensor) -> tf.Tensor:
-    return tf.cast(tf.round(image), tf.uint8)
+def prepare_image(image: tf.Tensor, size: int, policy: str = "stretch") -> tf.Tensor:
+    """Resize one decoded image and round it to uint8, exactly as every pipeline does.
+
+    Example:
+        >>> prepare_image(tf.zeros([40, 30, 3], tf.uint8), 32).dtype
+        tf.uint8
+    """
+    return tf.cast(tf.round(resize(image, size, policy)), tf.uint8)
 
 
 def _resize_crop(image: tf.Tensor, size: int) -> tf.Tensor:
@@ -198,7 +204,7 @@ def make_pipeline(split: Split, image_size: int, batch_size: int, *, training: b
     """
     # Resized images are rounded to uint8, as a saved image would be: training,
     # feature extraction and evaluation then see identical pixels, and the cache is 4x smaller.
-    ds = split.source().map(lambda x, y: (_to_uint8(resize(x, image_size, resize_policy)), y),
+    ds = split.source().map(lambda x, y: (prepare_image(x, image_size, resize_policy), y),
                             num_parallel_calls=AUTOTUNE, deterministic=True)
     if cache:
         ds = ds.cache()
