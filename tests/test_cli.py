@@ -94,3 +94,35 @@ def test_listings():
     recipes = runner.invoke(main, ["recipes"])
     assert recipes.exit_code == 0
     assert all(name in recipes.output for name in ("demo", "folder", "flowers", "dogs"))
+
+
+def test_set_mixup_and_unfreezing_flags_reach_the_config():
+    from recipes import folder
+    from tltk.cli import _build_config
+    from tltk.unfreezing import restage
+
+    config = _build_config(folder.config(), {"backbone": "vgg16"},
+                           ["stages.finetune.schedule=cosine", "stages.finetune.lr=3e-5",
+                            "head.dropout=0.2", "data.resize=crop"],
+                           epochs_finetune=2, mixup=0.2)
+    tune = config.stage("finetune")
+    assert (tune.schedule, tune.lr, tune.epochs) == ("cosine", 3e-5, 2)
+    assert config.head.dropout == 0.2 and config.data.resize == "crop"
+    assert {s.mixup for s in config.stages} == {0.2}
+    thawed = restage(config, "chain-thaw", blocks=2)
+    assert [s.unfreeze for s in thawed.stages] == [0, ["block4"], ["block5"], "all"]
+    assert all(s.lr == 3e-5 and s.epochs == 2 and s.mixup == 0.2 for s in thawed.stages[1:])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "demo", "--set", "stages.train.bogus=1"], "unknown config key 'bogus'; valid keys"),
+    (["train", "demo", "--set", "nokey"], "--set: expected KEY=VALUE"),
+    (["train", "demo", "--unfreezing", "gradual"], "--unfreezing: needs a pretrained"),
+    (["train", "folder", "--unfreezing", "gradual", "--unfreeze-blocks", "99"],
+     "--unfreeze-blocks: mobilenetv2 has 17 blocks"),
+    (["train", "demo", "--mixup", "-1"], "--mixup must be 0 (off) or a positive alpha"),
+])
+def test_new_training_flags_fail_in_one_line(args, message):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output

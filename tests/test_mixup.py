@@ -1,5 +1,6 @@
 """Mixup: pixel and label mixing on a hand-built batch, Beta weights, seeding."""
 
+import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -85,3 +86,45 @@ def test_bad_inputs_are_rejected():
     as_uint8 = dataset().map(lambda x, y: (tf.cast(x, tf.uint8), y))
     with pytest.raises(ValueError, match="float images"):
         mixup_batches(as_uint8, alpha=0.2, num_classes=3)
+
+
+def test_epoch_stream_mixes_per_batch_and_a_resumed_stream_repeats_the_tail():
+    from tltk.mixup import mix_batch
+    from tltk.resume import epoch_stream
+
+    examples = dataset().unbatch()
+
+    def mix(x, y, seed):
+        return mix_batch(x, y, 3, 0.4, seed)
+
+    def batches(first):
+        return [(x.numpy(), y.numpy()) for x, y in
+                epoch_stream(examples, B, 4, seed=3, first=first, epochs=3, buffer=B, mix=mix)]
+
+    full, resumed = batches(0), batches(1)
+    assert len(full) == 6 and full[0][1].shape == (4, 3)
+    for (x, y), (rx, ry) in zip(full[2:], resumed):
+        np.testing.assert_array_equal(x, rx)
+        np.testing.assert_array_equal(y, ry)
+    np.testing.assert_allclose(full[0][1].sum(axis=1), 1.0, rtol=1e-6)
+    assert not np.allclose(full[0][1].max(axis=1), 1.0), "labels are mixed, not one-hot"
+
+
+@pytest.mark.parametrize("backbone, unfreeze", [("scratch", "all"), ("vgg16", 0)])
+def test_training_stages_take_mixup_on_images_and_on_cached_features(tmp_path, backbone,
+                                                                       unfreeze):
+    from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig
+    from tltk.training import train
+
+    config = RunConfig(recipe="test", backbone=backbone, weights="none",
+                       data=DataConfig(dataset="demo", image_size=32, per_class=10),
+                       head=HeadConfig(layers=1, units=8), batch_size=16,
+                       stages=[StageConfig("mix", epochs=2, unfreeze=unfreeze, mixup=0.4)],
+                       out=str(tmp_path / "run"))
+    result = train(config, verbose=False)
+    stage = json.loads((result.run_dir / "run.json").read_text())["stages"][0]
+    assert stage["mixup"] == 0.4
+    assert stage["cached_features"] == ("pooled" if backbone == "vgg16" else None)
+    history = result.history
+    assert np.isfinite(history["loss"]).all() and history["val_top1"].between(0, 1).all()
+    assert set(result.metrics["split"]) == {"val", "test"}

@@ -80,6 +80,71 @@ def _overrides(**flags) -> dict:
     return out
 
 
+def _set_pairs(pairs) -> dict:
+    """`--set KEY=VALUE` pairs as dotted overrides; values are read as YAML (1e-4, true)."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise TltkError(f"--set: expected KEY=VALUE such as "
+                            f"stages.finetune.schedule=cosine, got '{pair}'")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise TltkError(f"--set {key}: cannot read the value '{text}'") from None
+        out[key.strip()] = _number(value) if isinstance(value, str) else value
+    return out
+
+
+def _number(text: str):
+    # YAML 1.1 reads 1e-4 (no dot) as a string; learning rates are written that way.
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _build_config(base, flags, sets=(), epochs_head=None, epochs_finetune=None,
+                  cache_features=None, mixup=None):
+    """The run's config: the recipe's (or --config's), then flags, --set, epochs, mixup."""
+    config = base.override(_overrides(**flags)).override(_set_pairs(sets))
+    config = _stage_overrides(config, epochs_head, epochs_finetune, cache_features)
+    if mixup is not None:
+        for stage in config.stages:
+            stage.mixup = mixup
+    return config
+
+
+def _options(*options):
+    """One decorator applying several click options, listed in help in this order."""
+    def apply(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return apply
+
+
+model_options = _options(
+    click.option("--data", help="Image folder (folder recipe), or a tfds data_dir."),
+    click.option("--backbone", help="Backbone name (see `tltk backbones`)."),
+    click.option("--weights", help="imagenet | none | path to a weights file."),
+    click.option("--image-size", type=int, help="Input size in pixels (default: backbone's)."))
+epochs_options = _options(
+    click.option("--epochs-head", type=int, help="Epochs of the first (bottleneck) stage."),
+    click.option("--epochs-finetune", type=int,
+                 help="Epochs of every later (fine-tuning) stage."))
+
+
+set_option = click.option(
+    "--set", "sets", multiple=True, metavar="KEY=VALUE",
+    help="Override any config key, e.g. stages.finetune.schedule=cosine (repeatable).")
+mixup_option = click.option(
+    "--mixup", type=float, metavar="ALPHA",
+    help="Mixup on every stage's training stream, lam ~ Beta(ALPHA, ALPHA); e.g. 0.2.")
+
+
 @main.command()
 @click.argument("recipe", required=False)
 @click.option("--resume", "resume_dir", type=click.Path(),
@@ -90,8 +155,7 @@ def _overrides(**flags) -> dict:
 @click.option("--data-dir", help="tfds data_dir holding prepared tfds datasets.")
 @click.option("--dataset", help="Dataset source: demo, folder, flowers, dogs, dogs-v2.")
 @click.option("--image-size", type=int, help="Input size in pixels (default: backbone's).")
-@click.option("--epochs-head", type=int, help="Epochs of the first (bottleneck) stage.")
-@click.option("--epochs-finetune", type=int, help="Epochs of every later (fine-tuning) stage.")
+@epochs_options
 @click.option("--batch-size", type=int)
 @click.option("--seed", type=int)
 @click.option("--config", "config_file", type=click.Path(), help="YAML config to start from.")
@@ -106,16 +170,27 @@ def _overrides(**flags) -> dict:
 @click.option("--deterministic", is_flag=True,
               help="Deterministic TensorFlow kernels: same --seed, same results.")
 @click.option("--strategy", help="auto | mirrored | multiworker (tf.distribute; see README).")
+@mixup_option
+@click.option("--unfreezing", type=click.Choice(["gradual", "chain-thaw"]),
+              help="Replace the fine-tuning stages: thaw one more top block per stage "
+                   "(gradual), or one block at a time, then all (chain-thaw).")
+@click.option("--unfreeze-blocks", type=int, default=3, show_default=True,
+              help="How many top blocks --unfreezing thaws.")
+@set_option
 def train(recipe, config_file, epochs_head, epochs_finetune, cache_features, resume_dir,
-          **flags):
+          mixup, unfreezing, unfreeze_blocks, sets, **flags):
     """Train RECIPE (see `tltk recipes`) and evaluate best and final weights.
 
     Rerunning with the same --out continues an interrupted run, as does --resume RUN_DIR.
     """
     from recipes import get_recipe
     from tltk.config import RunConfig
+    from tltk.unfreezing import restage
 
     if resume_dir:
+        if unfreezing or sets or mixup is not None:
+            raise TltkError("--unfreezing/--set/--mixup: not used with --resume; the run "
+                            "continues with its own config.yaml")
         _resume(resume_dir, recipe, config_file, epochs_head, epochs_finetune, cache_features,
                 flags)
         return
@@ -124,8 +199,10 @@ def train(recipe, config_file, epochs_head, epochs_finetune, cache_features, res
                         "--resume RUN_DIR")
     module = get_recipe(recipe)
     base = RunConfig.load(config_file) if config_file else module.config()
-    config = base.override(_overrides(**flags))
-    config = _stage_overrides(config, epochs_head, epochs_finetune, cache_features)
+    config = _build_config(base, flags, sets, epochs_head, epochs_finetune, cache_features,
+                           mixup)
+    if unfreezing:
+        config = restage(config, unfreezing, unfreeze_blocks)
     module.run(base=config)
 
 
@@ -246,10 +323,7 @@ def baseline(recipe, **flags):
 
 @main.command("lr-find")
 @click.argument("recipe")
-@click.option("--data", help="Image folder (folder recipe), or a tfds data_dir.")
-@click.option("--backbone", help="Backbone name (see `tltk backbones`).")
-@click.option("--weights", help="imagenet | none | path to a weights file.")
-@click.option("--image-size", type=int, help="Input size in pixels (default: backbone's).")
+@model_options
 @click.option("--batch-size", type=int)
 @click.option("--per-class", type=int, help="Use at most N training images per class.")
 @click.option("--seed", type=int)
@@ -259,14 +333,15 @@ def baseline(recipe, **flags):
 @click.option("--start-lr", type=float, default=1e-7, show_default=True)
 @click.option("--end-lr", type=float, default=1.0, show_default=True)
 @click.option("--out", required=True, type=click.Path(), help="Folder for lr_find.csv/.png.")
-def lr_find(recipe, config_file, stage, steps, start_lr, end_lr, out, **flags):
+@set_option
+def lr_find(recipe, config_file, stage, steps, start_lr, end_lr, out, sets, **flags):
     """Learning-rate range test for one stage of RECIPE; prints the suggested rate."""
     from recipes import get_recipe
     from tltk.config import RunConfig
     from tltk.lr_finder import lr_find_config
 
     base = RunConfig.load(config_file) if config_file else get_recipe(recipe).config()
-    config = base.override(_overrides(**flags))
+    config = _build_config(base, flags, sets)
     result = lr_find_config(config, stage, steps, start_lr, end_lr, out, say=click.echo)
     click.echo(result.summary())
 
@@ -327,15 +402,11 @@ def distance(path_a, path_b, image_size, components, max_images):
 
 @main.command()
 @click.argument("recipe")
-@click.option("--data", help="Image folder (folder recipe), or a tfds data_dir.")
-@click.option("--backbone", help="Backbone name (see `tltk backbones`).")
-@click.option("--weights", help="imagenet | none | path to a weights file.")
-@click.option("--image-size", type=int, help="Input size in pixels (default: backbone's).")
+@model_options
 @click.option("--tuner", default="random", show_default=True,
               help="random | bayesian | hyperband.")
 @click.option("--max-trials", type=int, default=10, show_default=True)
-@click.option("--epochs-head", type=int, help="Epochs of the first (bottleneck) stage.")
-@click.option("--epochs-finetune", type=int, help="Epochs of every later (fine-tuning) stage.")
+@epochs_options
 @click.option("--per-class", type=int, help="Use at most N training images per class.")
 @click.option("--batch-size", type=int)
 @click.option("--seed", type=int)
@@ -343,20 +414,22 @@ def distance(path_a, path_b, image_size, components, max_images):
 @click.option("--out", type=click.Path(),
               help="Search folder (default runs/tune-<recipe>-<backbone>); rerun to continue.")
 @click.option("--overwrite", is_flag=True, help="Start afresh instead of continuing OUT.")
+@mixup_option
+@set_option
 def tune(recipe, config_file, tuner, max_trials, epochs_head, epochs_finetune, out, overwrite,
-         **flags):
+         mixup, sets, **flags):
     """Search head and fine-tuning hyperparameters for RECIPE with keras-tuner.
 
     Writes OUT/trials.csv and OUT/best_config.yaml (for `tltk train RECIPE --config`).
     Distributed: set KERASTUNER_TUNER_ID (chief | tuner1, ...), KERASTUNER_ORACLE_IP and
     KERASTUNER_ORACLE_PORT, and run the same command on the chief and every worker.
     """
-    from recipes import get_recipe, set_stage_epochs
+    from recipes import get_recipe
     from tltk.config import RunConfig
     from tltk.tuning import tune as run_search
 
     base = RunConfig.load(config_file) if config_file else get_recipe(recipe).config()
-    config = set_stage_epochs(base.override(_overrides(**flags)), epochs_head, epochs_finetune)
+    config = _build_config(base, flags, sets, epochs_head, epochs_finetune, mixup=mixup)
     result = run_search(config, tuner=tuner, max_trials=max_trials, out=out,
                         overwrite=overwrite)
     if result.best_config is not None:
@@ -364,6 +437,47 @@ def tune(recipe, config_file, tuner, max_trials, epochs_head, epochs_finetune, o
         click.echo(shown.to_string(index=False, float_format="{:.4g}".format))
         click.echo(f"wrote {result.out / 'trials.csv'}; retrain the best with: tltk train "
                    f"{recipe} --config {result.out / 'best_config.yaml'}")
+
+
+@main.command()
+@click.argument("recipe")
+@model_options
+@click.option("--per-class", "sizes", default="10,25,50,100,all", show_default=True,
+              help="Training images per class to subsample (comma-separated; all = every one).")
+@click.option("--freeze", "depths", default="0,1,2,3,all", show_default=True,
+              help="Blocks frozen from the bottom while the rest fine-tunes (0 = none).")
+@click.option("--repeats", type=int, default=1, show_default=True,
+              help="Runs per condition, each with its own subsample and seed.")
+@epochs_options
+@click.option("--epochs-scratch", type=int, help="Epochs of the scratch baseline (default 40).")
+@click.option("--no-scratch", is_flag=True, help="Leave out the from-scratch baseline.")
+@click.option("--batch-size", type=int)
+@click.option("--seed", type=int)
+@click.option("--config", "config_file", type=click.Path(), help="YAML config to start from.")
+@click.option("--out", required=True, type=click.Path(),
+              help="Sweep folder (runs/, sweep.csv, sweep.png); rerun to continue.")
+@mixup_option
+@set_option
+def sweep(recipe, sizes, depths, repeats, epochs_head, epochs_finetune, epochs_scratch,
+          no_scratch, config_file, out, mixup, sets, **flags):
+    """Freeze depth x training-set size grid for RECIPE, plus a scratch baseline per size.
+
+    Prints the mean +- std table and a heuristic; writes OUT/sweep.csv and OUT/sweep.png.
+    """
+    from recipes import get_recipe
+    from tltk.backbones import get_backbone
+    from tltk.config import RunConfig
+    from tltk.sweep import parse_depths, parse_sizes
+    from tltk.sweep import sweep as run_sweep
+
+    base = RunConfig.load(config_file) if config_file else get_recipe(recipe).config()
+    config = _build_config(base, flags, sets, epochs_head, epochs_finetune, mixup=mixup)
+    result = run_sweep(config, parse_sizes(sizes),
+                       parse_depths(depths, get_backbone(config.backbone)), repeats, out,
+                       scratch=not no_scratch, scratch_epochs=epochs_scratch, say=click.echo)
+    click.echo(result.table.to_string(index=False))
+    click.echo(result.heuristic)
+    click.echo(f"wrote {out}/sweep.csv, {out}/sweep_runs.csv, {out}/sweep.png, {out}/sweep.md")
 
 
 @main.command()

@@ -42,6 +42,9 @@ class DataConfig:
     resize: str = "stretch"  # stretch | crop (keep aspect, centre crop) | pad
     class_weight: str | None = None  # None | balanced
     cache_images: bool = True  # keep decoded, resized images in memory when they fit
+    # Seed of the train/val/test split; None: the run's seed. Fixing it while --seed
+    # varies keeps the evaluation sets fixed across repeats (as `tltk sweep` does).
+    split_seed: int | None = None
 
 
 @dataclass
@@ -101,6 +104,9 @@ class StageConfig:
     # Clip the global gradient norm: SGD on BatchNorm-heavy backbones whose BN is
     # frozen can take one huge step and never recover; a clip keeps the first steps sane.
     clipnorm: float | None = None
+    # Mixup alpha on the training stream (0: off); labels become mixed one-hot vectors
+    # and the loss categorical cross-entropy (see tltk.mixup).
+    mixup: float = 0.0
 
 
 @dataclass
@@ -186,7 +192,8 @@ def _set_path(data: dict, parts: list[str], value, key: str) -> None:
             raise TltkError(f"{key}: no stage named '{head}'")
         target = matches[0]
     elif head not in data:
-        raise TltkError(f"{key}: unknown config key '{head}'")
+        raise TltkError(f"{key}: unknown config key '{head}'; valid keys there: "
+                        f"{', '.join(sorted(data))}")
     else:
         target = data
     if not rest:

@@ -9,6 +9,8 @@ Example:
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -124,6 +126,9 @@ def load_model(path):
 
     if not path.is_file():
         raise TltkError(f"RUN: model file not found: {path}; is the run finished?")
-    # compile=False: evaluation and inference need no optimizer (and restoring one
-    # whose variables differ from the saved stage's only produces warnings).
-    return keras.saving.load_model(path, safe_mode=True, compile=False)
+    # compile=False: evaluation and inference need no optimizer. A head trained on
+    # cached features was compiled on its own, so the file still holds that optimizer's
+    # state, which Keras reports it skips; nothing here uses it.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        return keras.saving.load_model(path, safe_mode=True, compile=False)

@@ -36,7 +36,7 @@ def mix_batch(images, labels, num_classes: int, alpha: float, seed):
         >>> x, y = mix_batch(images, labels, num_classes=3, alpha=0.4, seed=[0, 1])
     """
     images = tf.convert_to_tensor(images)
-    seed = tf.convert_to_tensor(seed, dtype=tf.int64)
+    seed = tf.cast(seed, tf.int64)
     weight_seed, perm_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
     n = tf.shape(images)[0]
     lam = beta_weights(n, alpha, weight_seed)

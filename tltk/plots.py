@@ -176,3 +176,32 @@ def plot_misclassified(mistakes: pd.DataFrame, path: str | Path, columns: int = 
                      fontsize=8, color="firebrick")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_sweep(table: pd.DataFrame, path: str | Path, blocks: int) -> Path:
+    """Validation top-1 vs frozen depth, one line per training-set size (`tltk sweep`).
+
+    Error bars are the standard deviation over repeats; a size's scratch baseline is
+    a dashed line of the same colour. Depth `all` sits at `blocks`.
+    """
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    for index, (size, rows) in enumerate(table.groupby("per_class", sort=False)):
+        colour = f"C{index}"
+        transfer = rows[rows.depth != "scratch"]
+        x = pd.Series([blocks if d == "all" else int(d) for d in transfer.depth],
+                      index=transfer.index)
+        transfer = transfer.loc[x.sort_values().index]
+        ax.errorbar(x.sort_values(), transfer.val_mean, yerr=transfer.val_std.fillna(0),
+                    marker="o",
+                    capsize=3, color=colour, label=f"{size} per class")
+        for value in rows[rows.depth == "scratch"].val_mean:
+            ax.axhline(value, color=colour, linestyle="--", linewidth=1)
+    ax.set_xlabel(f"frozen blocks from the bottom ({blocks} = all)")
+    ax.set_ylabel("validation top-1 (%)")
+    ax.set_title("freeze depth x training-set size (dashed: scratch CNN)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

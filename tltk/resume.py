@@ -266,12 +266,15 @@ def epoch_seed(seed: int, *keys: int) -> int:
 
 
 def epoch_stream(examples: tf.data.Dataset, count: int, batch_size: int, seed: int,
-                 first: int, epochs: int, buffer: int, augment=None) -> tf.data.Dataset:
+                 first: int, epochs: int, buffer: int, augment=None,
+                 mix=None) -> tf.data.Dataset:
     """Batches of epochs `first`..`epochs - 1`, each epoch `count` shuffled examples.
 
     Epoch e shuffles with its own seed, so a stream that starts at epoch k (a resume)
     holds the same batches as the tail of one that started at 0. `augment` is a
     `seeded_augment` function; each batch gets the seed (epoch seed, batch index).
+    `mix(images, labels, seed)` (e.g. mixup) then runs on the augmented batch with a
+    seed derived from the same pair.
     """
     parts = []
     for epoch in range(first, epochs):
@@ -283,11 +286,17 @@ def epoch_stream(examples: tf.data.Dataset, count: int, batch_size: int, seed: i
         parts.append(part.enumerate().map(
             lambda i, xy, s=part_seed: (xy[0], xy[1], tf.stack([tf.constant(s, tf.int64), i]))))
     stream = _concatenate(parts)
-    if augment is None:
-        stream = stream.map(lambda x, y, _: (x, y))
-    else:
-        stream = stream.map(lambda x, y, s: (augment(x, s), y),
-                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if augment is None and mix is None:
+        return stream.map(lambda x, y, _: (x, y)).prefetch(tf.data.AUTOTUNE)
+
+    def transform(x, y, batch_seed):
+        if augment is not None:
+            x = augment(x, batch_seed)
+        if mix is not None:
+            x, y = mix(x, y, tf.random.experimental.stateless_fold_in(batch_seed, 1))
+        return x, y
+
+    stream = stream.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return stream.prefetch(tf.data.AUTOTUNE)
 
 

@@ -127,6 +127,9 @@ def validate(config: RunConfig) -> None:
                                discriminative.OPTIMIZERS)
         if stage.lr <= 0:
             raise TltkError(f"stage '{stage.name}': lr must be positive (got {stage.lr})")
+        if stage.mixup < 0:
+            raise TltkError(f"stage '{stage.name}': --mixup must be 0 (off) or a positive "
+                            f"alpha such as 0.2 (got {stage.mixup:g})")
         make_lr(stage, steps_per_epoch=1)  # a bad schedule fails now, not after a stage
     names = [stage.name for stage in config.stages]
     if len(set(names)) != len(names):
@@ -383,7 +386,7 @@ def _record_stage(ctx, stage, blocks, cached, optimizer, seconds) -> None:
     with the weights a resume restarts from."""
     entry = {"name": stage.name, "optimizer": type(optimizer).__name__,
              "momentum": float(getattr(optimizer, "momentum", 0.0) or 0.0),
-             "trainable_blocks": blocks, "cached_features": cached,
+             "trainable_blocks": blocks, "cached_features": cached, "mixup": stage.mixup,
              "epochs": stage.epochs, "seconds": round(seconds, 1)}
     resume.complete_stage(ctx.run, stage.name, ctx.model, _trackers(ctx), entry)
 
@@ -414,6 +417,8 @@ def _describe_optimizer(stage: StageConfig) -> str:
         text += f", head x{stage.head_lr_mult:g}"
     if stage.clipnorm is not None:
         text += f", gradient norm clipped at {stage.clipnorm:g}"
+    if stage.mixup:
+        text += f", mixup alpha={stage.mixup:g}"
     return text
 
 
@@ -427,11 +432,35 @@ def make_optimizer(ctx: Context, model: keras.Model, stage: StageConfig,
 
 
 def _compile(ctx: Context, model: keras.Model, stage: StageConfig, steps: int) -> None:
-    model.compile(optimizer=make_optimizer(ctx, model, stage, steps),
-                  loss="sparse_categorical_crossentropy",
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="top1"),
-                           keras.metrics.SparseTopKCategoricalAccuracy(ctx.k, name="topk")],
-                  jit_compile=ctx.config.jit)
+    # Mixup's labels are mixed one-hot vectors, so its stages use the categorical forms.
+    if stage.mixup:
+        loss, metrics = "categorical_crossentropy", [
+            keras.metrics.CategoricalAccuracy(name="top1"),
+            keras.metrics.TopKCategoricalAccuracy(ctx.k, name="topk")]
+    else:
+        loss, metrics = "sparse_categorical_crossentropy", [
+            keras.metrics.SparseCategoricalAccuracy(name="top1"),
+            keras.metrics.SparseTopKCategoricalAccuracy(ctx.k, name="topk")]
+    model.compile(optimizer=make_optimizer(ctx, model, stage, steps), loss=loss,
+                  metrics=metrics, jit_compile=ctx.config.jit)
+
+
+def _mixer(ctx: Context, stage: StageConfig):
+    """The stage's mixup as `(images, labels, seed) -> (images, one-hot labels)`, or None."""
+    if not stage.mixup:
+        return None
+    from tltk.mixup import mix_batch
+
+    classes, alpha = ctx.dataset.num_classes, stage.mixup
+    return lambda x, y, seed: mix_batch(tf.cast(x, tf.float32), y, classes, alpha, seed)
+
+
+def _validation(ctx: Context, stage: StageConfig, val_ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Validation batches with labels in the form the stage's loss expects."""
+    if not stage.mixup:
+        return val_ds
+    classes = ctx.dataset.num_classes
+    return val_ds.map(lambda x, y: (x, tf.one_hot(tf.cast(y, tf.int32), classes)))
 
 
 def class_weights(ctx: Context) -> dict | None:
@@ -473,7 +502,8 @@ def _fit(ctx: Context, stage: StageConfig, fitted: keras.Model, steps: int, make
                                f"or set stages.{stage.name}.clipnorm (e.g. 1.0) in a --config YAML")
     trackers[1].deferred = True  # best.keras follows the epoch's commit
     try:
-        fitted.fit(make_train(first), validation_data=val_ds, epochs=stage.epochs,
+        fitted.fit(make_train(first), validation_data=_validation(ctx, stage, val_ds),
+                   epochs=stage.epochs,
                    initial_epoch=first, steps_per_epoch=steps, verbose=0, shuffle=False,
                    callbacks=[*ctx.callbacks, checkpoint, guard],
                    class_weight=class_weights(ctx))
@@ -504,7 +534,8 @@ def _fit_on_images(ctx: Context, stage: StageConfig) -> keras.Model:
 
     def make_train(first: int) -> tf.data.Dataset:
         return resume.epoch_stream(examples, len(train), cfg.batch_size, cfg.seed, first,
-                                   stage.epochs, min(len(train), SHUFFLE_BUFFER), augment)
+                                   stage.epochs, min(len(train), SHUFFLE_BUFFER), augment,
+                                   _mixer(ctx, stage))
 
     return _fit(ctx, stage, ctx.model, steps, make_train, val_ds)
 
@@ -532,7 +563,7 @@ def _fit_on_features(ctx: Context, stage: StageConfig, blocks: list[str]) -> ker
     def make_train(first: int) -> tf.data.Dataset:
         # Every epoch draws n samples from all views, so an epoch means the same as on images.
         return resume.epoch_stream(examples, n, cfg.batch_size, cfg.seed, first, stage.epochs,
-                                   n * views)
+                                   n * views, mix=_mixer(ctx, stage))
 
     return _fit(ctx, stage, upper, steps, make_train, val_ds.batch(cfg.batch_size), frozen)
 
@@ -543,8 +574,9 @@ def _features(ctx: Context, stage: StageConfig, lower: keras.Model, cut: str, ch
     # "draws" marks per-batch seeded augmentation: caches of older versions differ.
     key = {"backbone": ctx.spec.name, "cut": cut, "weights": checksum,
            "image_size": ctx.image_size, "preprocess": ctx.spec.preprocess,
-           "resize": cfg.data.resize, "augment": vars(cfg.augment), "seed": cfg.seed,
-           "draws": "per-batch"}
+           "resize": cfg.data.resize, "augment": vars(cfg.augment),
+           # Only augmented views depend on the seed; plain features are shared by seeds.
+           "seed": cfg.seed if views > 1 else None, "draws": "per-batch"}
 
     def make_inputs(view: int):
         ds = make_pipeline(ctx.dataset.splits[split], ctx.image_size, cfg.batch_size,

@@ -21,7 +21,10 @@ Example:
 
 from __future__ import annotations
 
-from tltk.config import StageConfig
+from dataclasses import asdict, replace
+
+from tltk.backbones import get_backbone
+from tltk.config import RunConfig, StageConfig
 from tltk.errors import TltkError
 
 
@@ -91,3 +94,48 @@ def chain_thaw(block_names: list[str], epochs_per_stage: int, optimizer: str = "
     if final_epochs:
         stages.append(_stage("thaw-all", final_epochs, "all", common))
     return stages
+
+
+METHODS = ("gradual", "chain-thaw")
+
+
+def require_head_stage(config: RunConfig, spec, option: str) -> None:
+    """Stop unless the backbone is pretrained and the first of several stages trains
+    the head alone (what gradual unfreezing, chain-thaw and `tltk sweep` build on)."""
+    head = config.stages[0] if config.stages else None
+    if (len(config.stages) < 2 or head.unfreeze not in (0, "0", "none")
+            or not spec.pretrained):
+        raise TltkError(f"{option}: needs a pretrained backbone and a recipe whose first "
+                        "stage trains the head on the frozen backbone, followed by tuning "
+                        f"stages (e.g. folder, flowers); got backbone {spec.name} and stages "
+                        f"{[s.name for s in config.stages]}")
+
+
+def restage(config: RunConfig, method: str, blocks: int = 3) -> RunConfig:
+    """`config` with its tuning stages replaced by gradual unfreezing or chain-thaw.
+
+    The first stage (the head on the frozen backbone) is kept. The last stage is the
+    template of every new one: its epochs, optimizer, learning rate and other fields
+    apply per stage. `blocks` is how many blocks, from the top, are thawed.
+
+    Example:
+        >>> from recipes import folder
+        >>> cfg = restage(folder.config(), "gradual", blocks=2)
+        >>> [(s.name, s.unfreeze) for s in cfg.stages]
+        [('bottleneck', 0), ('unfreeze-1', 1), ('unfreeze-2', 2)]
+    """
+    if method not in METHODS:
+        raise TltkError(f"--unfreezing: expected one of {', '.join(METHODS)}, got '{method}'")
+    spec = get_backbone(config.backbone)
+    require_head_stage(config, spec, "--unfreezing")
+    head, template = config.stages[0], config.stages[-1]
+    if not 1 <= blocks <= len(spec.blocks):
+        raise TltkError(f"--unfreeze-blocks: {spec.name} has {len(spec.blocks)} blocks; "
+                        f"give 1 to {len(spec.blocks)} (got {blocks})")
+    fields = {k: v for k, v in asdict(template).items()
+              if k not in ("name", "epochs", "unfreeze")}
+    if method == "gradual":
+        stages = gradual_unfreezing(blocks, template.epochs, head_epochs=0, **fields)
+    else:
+        stages = chain_thaw(spec.blocks[:blocks], template.epochs, head_epochs=0, **fields)
+    return replace(config, stages=[head, *stages])

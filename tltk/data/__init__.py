@@ -26,11 +26,16 @@ def register(name: str):
 
 
 def load(cfg, seed: int = 0) -> Dataset:
-    """Load the dataset named by `cfg.dataset`, then apply `cfg.per_class`."""
+    """Load the dataset named by `cfg.dataset`, then apply `cfg.per_class`.
+
+    The split is drawn with `cfg.split_seed` (default `seed`), the per-class
+    subsample with `seed`.
+    """
     _import_sources()
     if cfg.dataset not in SOURCES:
         raise unknown_name("--data/dataset", cfg.dataset, SOURCES)
-    dataset = SOURCES[cfg.dataset](cfg, seed)
+    split_seed = seed if cfg.split_seed is None else cfg.split_seed
+    dataset = SOURCES[cfg.dataset](cfg, split_seed)
     if cfg.per_class and "train" in dataset.splits:
         train = dataset.splits["train"]
         keep = subsample_per_class(train.labels, cfg.per_class, seed)
