@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,3 +65,15 @@ def in_memory(dataset: Dataset, split: str) -> tuple[np.ndarray, np.ndarray]:
                        seed=SEED, cache=False)
     xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
     return np.concatenate(xs), np.concatenate(ys)
+
+
+def parse_sizes(argv: list[str] | None, description: str) -> tuple[bool, int, int]:
+    """`--quick` for the flowers ratio benchmarks: (quick, images per class, repeats).
+
+    Example:
+        >>> quick, per_class, repeats = parse_sizes(["--quick"], "B4")
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="60 images per class, 2 repeats")
+    quick = parser.parse_args(argv).quick
+    return quick, (60 if quick else 200), (2 if quick else 3)

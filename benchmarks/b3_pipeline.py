@@ -12,14 +12,10 @@ Example:
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
-
 import keras
 
-from benchmarks._common import report_ratio
-from benchmarks._flowers import BATCH_SIZE, IMAGE_SIZE, SEED, flowers_setup, in_memory
+from benchmarks._common import interleaved_rates, report_ratio, timeit
+from benchmarks._flowers import BATCH_SIZE, IMAGE_SIZE, SEED, flowers_setup, in_memory, parse_sizes
 from tltk.augment import RandomAffine
 from tltk.backbones import get_backbone, set_trainable
 from tltk.config import AugmentConfig
@@ -28,12 +24,6 @@ from tltk.heads import backbone_of
 
 NAME = "b3_pipeline"
 GOAL_RATIO = 0.9
-
-
-def _rate(fit, images: int) -> float:
-    start = time.perf_counter()
-    fit()
-    return images / (time.perf_counter() - start)
 
 
 def measure(per_class: int, repeats: int) -> dict:
@@ -47,24 +37,22 @@ def measure(per_class: int, repeats: int) -> dict:
                              augment=augment, cache=True)
     x, y = in_memory(setup.dataset, "train")
     n = len(train)
-    first_epoch = _rate(lambda: model.fit(pipeline, epochs=1, verbose=0), n)  # decodes JPEGs
+    # The first epoch decodes the JPEGs (then cached); timed on its own.
+    first_epoch = n / timeit(lambda: model.fit(pipeline, epochs=1, verbose=0), 1, 0)[0]
     model.fit(x, y, batch_size=BATCH_SIZE, epochs=1, verbose=0)  # warm-up of the other path
-    files, memory = [], []
-    for _ in range(repeats):
-        files.append(_rate(lambda: model.fit(pipeline, epochs=1, verbose=0), n))
-        memory.append(_rate(lambda: model.fit(x, y, batch_size=BATCH_SIZE, epochs=1,
-                                              verbose=0, shuffle=True), n))
-    pipe, mem = statistics.median(files), statistics.median(memory)
+    rates = interleaved_rates({
+        "files": lambda: model.fit(pipeline, epochs=1, verbose=0),
+        "memory": lambda: model.fit(x, y, batch_size=BATCH_SIZE, epochs=1, verbose=0,
+                                    shuffle=True)}, n, repeats)
+    pipe, mem = rates["files"], rates["memory"]
     return {"train_images": n, "first_epoch_images_per_s": round(first_epoch, 1),
             "pipeline_images_per_s": round(pipe, 1), "in_memory_images_per_s": round(mem, 1),
             "ratio": round(pipe / mem, 3)}
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="60 images per class, 2 repeats")
-    args = parser.parse_args(argv)
-    figures = measure(60 if args.quick else 200, 2 if args.quick else 3)
+    quick, per_class, repeats = parse_sizes(argv, __doc__.splitlines()[0])
+    figures = measure(per_class, repeats)
     rows = [
         {"side": "JPEG files, first epoch (decode + augment)",
          "images/s": figures["first_epoch_images_per_s"]},
@@ -72,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
          "images/s": figures["pipeline_images_per_s"]},
         {"side": "in-memory tensors, no augmentation",
          "images/s": figures["in_memory_images_per_s"]}]
-    return report_ratio(NAME, figures, args.quick, GOAL_RATIO, rows)
+    return report_ratio(NAME, figures, quick, GOAL_RATIO, rows)
 
 
 if __name__ == "__main__":

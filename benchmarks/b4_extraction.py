@@ -11,13 +11,10 @@ Example:
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import tempfile
-import time
 
-from benchmarks._common import report_ratio
-from benchmarks._flowers import BATCH_SIZE, IMAGE_SIZE, SEED, flowers_setup, in_memory
+from benchmarks._common import interleaved_rates, report_ratio
+from benchmarks._flowers import BATCH_SIZE, IMAGE_SIZE, SEED, flowers_setup, in_memory, parse_sizes
 from tltk.data.core import make_pipeline
 from tltk.features import FeatureCache
 from tltk.heads import feature_extractor
@@ -47,28 +44,21 @@ def measure(per_class: int, repeats: int) -> dict:
 
     bare_once()
     tltk_once()
-    tltk_rates, bare_rates = [], []
-    for _ in range(repeats):
-        for fn, rates in ((tltk_once, tltk_rates), (bare_once, bare_rates)):
-            start = time.perf_counter()
-            fn()
-            rates.append(n / (time.perf_counter() - start))
-    tltk_rate, bare_rate = statistics.median(tltk_rates), statistics.median(bare_rates)
+    rates = interleaved_rates({"tltk": tltk_once, "bare": bare_once}, n, repeats)
+    tltk_rate, bare_rate = rates["tltk"], rates["bare"]
     return {"images": n, "tltk_images_per_s": round(tltk_rate, 1),
             "bare_predict_images_per_s": round(bare_rate, 1),
             "ratio": round(tltk_rate / bare_rate, 3)}
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="60 images per class, 2 repeats")
-    args = parser.parse_args(argv)
-    figures = measure(60 if args.quick else 200, 2 if args.quick else 3)
+    quick, per_class, repeats = parse_sizes(argv, __doc__.splitlines()[0])
+    figures = measure(per_class, repeats)
     rows = [{"side": "tltk FeatureCache from JPEG files",
-                  "images/s": figures["tltk_images_per_s"]},
-                 {"side": "bare model.predict on in-memory tensors",
-                  "images/s": figures["bare_predict_images_per_s"]}]
-    return report_ratio(NAME, figures, args.quick, GOAL_RATIO, rows)
+             "images/s": figures["tltk_images_per_s"]},
+            {"side": "bare model.predict on in-memory tensors",
+             "images/s": figures["bare_predict_images_per_s"]}]
+    return report_ratio(NAME, figures, quick, GOAL_RATIO, rows)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import time
 
 import keras
 
-from benchmarks._common import machine_info, print_table, write_results
+from benchmarks._common import report_ratio
 from benchmarks._flowers import FLOWERS, IMAGE_SIZE, WEIGHTS, flowers_setup
 from benchmarks.keras_guide import train_keras_guide
 from recipes import folder
@@ -88,21 +88,15 @@ def main(argv: list[str] | None = None) -> dict:
     # Not reaching the target within the budget counts as the whole budget (a lower bound).
     keras_s = reached["keras_guide"] or budget
     ratio = keras_s / reached["tltk"] if reached["tltk"] else None
-    figures = {"benchmark": NAME, "quick": args.quick, "target_val_top1": args.target,
-               "budget_s": budget,
+    figures = {"target_val_top1": args.target, "budget_s": budget,
                "seconds_to_target": {k: v and round(v, 1) for k, v in reached.items()},
                "curves_s_vs_val_top1": {k: v.curve for k, v in sides.items()},
                "ratio": ratio and round(ratio, 2),
-               "ratio_is_lower_bound": reached["keras_guide"] is None,
-               "goal_ratio": GOAL_RATIO, "met": bool(ratio and ratio >= GOAL_RATIO),
-               "machine": machine_info()}
-    path = write_results(NAME, figures)
-    print_table([{"side": k, "seconds to target": v or "not reached",
-                  "best val top-1": max((a for _, a in sides[k].curve), default=0.0)}
-                 for k, v in reached.items()])
-    print(f"ratio {figures['ratio']} (goal {GOAL_RATIO}, met {figures['met']})")
-    print(f"written {path}")
-    return figures
+               "ratio_is_lower_bound": reached["keras_guide"] is None}
+    rows = [{"side": k, "seconds to target": v or "not reached",
+             "best val top-1": max((a for _, a in sides[k].curve), default=0.0)}
+            for k, v in reached.items()]
+    return report_ratio(NAME, figures, args.quick, GOAL_RATIO, rows)
 
 
 if __name__ == "__main__":

@@ -134,7 +134,9 @@ def unfreeze_for(depth: int | str, spec: BackboneSpec) -> int | str:
 def condition_config(base: RunConfig, spec: BackboneSpec, cond: Condition, out: Path,
                      scratch_epochs: int) -> RunConfig:
     """The run config of one condition: fixed split, the condition's size, depth and seed."""
-    data = replace(base.data, per_class=cond.per_class, split_seed=_split_seed(base))
+    # Every condition and repeat evaluates on the split the base config's seed draws.
+    split_seed = base.seed if base.data.split_seed is None else base.data.split_seed
+    data = replace(base.data, per_class=cond.per_class, split_seed=split_seed)
     config = replace(base, data=data, seed=base.seed + cond.repeat,
                      out=str(out / "runs" / cond.name))
     if cond.depth == SCRATCH:
@@ -144,11 +146,6 @@ def condition_config(base: RunConfig, spec: BackboneSpec, cond: Condition, out: 
     unfreeze = unfreeze_for(cond.depth, spec)
     stages = [base.stages[0], *(replace(s, unfreeze=unfreeze) for s in base.stages[1:])]
     return replace(config, stages=stages)
-
-
-def _split_seed(base: RunConfig) -> int:
-    # Every condition and repeat evaluates on the split the base config's seed draws.
-    return base.seed if base.data.split_seed is None else base.data.split_seed
 
 
 def conditions(sizes, depths, repeats: int, scratch: bool) -> list[Condition]:
@@ -187,8 +184,7 @@ def train_counts(base: RunConfig) -> np.ndarray:
     """Training images per class of the full (not subsampled) split the sweep uses."""
     from tltk import data as tltk_data
 
-    data = replace(base.data, per_class=None, split_seed=_split_seed(base))
-    dataset = tltk_data.load(data, seed=base.seed)
+    dataset = tltk_data.load(replace(base.data, per_class=None), seed=base.seed)
     return np.bincount(dataset.splits["train"].labels, minlength=dataset.num_classes)
 
 

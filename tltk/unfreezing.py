@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 
-from tltk.backbones import get_backbone
+from tltk.backbones import get_backbone, resolve_unfreeze
 from tltk.config import RunConfig, StageConfig
 from tltk.errors import TltkError
 
@@ -102,8 +102,7 @@ METHODS = ("gradual", "chain-thaw")
 def require_head_stage(config: RunConfig, spec, option: str) -> None:
     """Stop unless the backbone is pretrained and the first of several stages trains
     the head alone (what gradual unfreezing, chain-thaw and `tltk sweep` build on)."""
-    head = config.stages[0] if config.stages else None
-    if (len(config.stages) < 2 or head.unfreeze not in (0, "0", "none")
+    if (len(config.stages) < 2 or resolve_unfreeze(spec, config.stages[0].unfreeze)
             or not spec.pretrained):
         raise TltkError(f"{option}: needs a pretrained backbone and a recipe whose first "
                         "stage trains the head on the frozen backbone, followed by tuning "
