@@ -19,10 +19,10 @@ import keras
 import numpy as np
 
 from tltk import data as tltk_data
-from tltk.backbones import build_backbone, get_backbone
 from tltk.config import DataConfig, HeadConfig
 from tltk.data.core import Dataset, make_pipeline
-from tltk.heads import build_classifier
+from tltk.models.backbones import build_backbone, get_backbone
+from tltk.models.heads import build_classifier
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 FLOWERS = SHARED / "data" / "flowers-128"

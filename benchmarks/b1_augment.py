@@ -19,8 +19,8 @@ import tensorflow as tf
 from keras.src.legacy.preprocessing.image import ImageDataGenerator
 
 from benchmarks._common import report_ratio, timeit
-from tltk.augment import RandomAffine
 from tltk.config import AugmentConfig
+from tltk.data.augment import RandomAffine
 
 NAME = "b1_augment"
 IMAGE_SIZE = 224

@@ -20,7 +20,7 @@ import tensorflow as tf
 from benchmarks._common import machine_info, print_table, write_results
 from benchmarks._flowers import BATCH_SIZE, IMAGE_SIZE, SEED, flowers_setup
 from tltk.data.core import make_pipeline
-from tltk.heads import feature_extractor
+from tltk.models.heads import feature_extractor
 
 NAME = "b2_feature_cache"
 GOAL_RATIO = 50.0

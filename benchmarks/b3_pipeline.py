@@ -16,11 +16,11 @@ import keras
 
 from benchmarks._common import interleaved_rates, report_ratio, timeit
 from benchmarks._flowers import BATCH_SIZE, IMAGE_SIZE, SEED, flowers_setup, in_memory, parse_sizes
-from tltk.augment import RandomAffine
-from tltk.backbones import get_backbone, set_trainable
 from tltk.config import AugmentConfig
+from tltk.data.augment import RandomAffine
 from tltk.data.core import make_pipeline
-from tltk.heads import backbone_of
+from tltk.models.backbones import get_backbone, set_trainable
+from tltk.models.heads import backbone_of
 
 NAME = "b3_pipeline"
 GOAL_RATIO = 0.9

@@ -16,8 +16,8 @@ import tempfile
 from benchmarks._common import interleaved_rates, report_ratio
 from benchmarks._flowers import BATCH_SIZE, IMAGE_SIZE, SEED, flowers_setup, in_memory, parse_sizes
 from tltk.data.core import make_pipeline
-from tltk.features import FeatureCache
-from tltk.heads import feature_extractor
+from tltk.engine.features import FeatureCache
+from tltk.models.heads import feature_extractor
 
 NAME = "b4_extraction"
 GOAL_RATIO = 0.9

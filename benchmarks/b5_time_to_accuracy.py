@@ -22,9 +22,9 @@ import keras
 from benchmarks._common import report_ratio
 from benchmarks._flowers import FLOWERS, IMAGE_SIZE, WEIGHTS, flowers_setup
 from benchmarks.keras_guide import train_keras_guide
-from recipes import folder
-from tltk.backbones import get_backbone
-from tltk.training import prepare, run_stage
+from tltk.engine import prepare, run_stage
+from tltk.models.backbones import get_backbone
+from tltk.recipes import folder
 
 NAME = "b5_time_to_accuracy"
 GOAL_RATIO = 5.0

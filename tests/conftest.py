@@ -1,15 +1,26 @@
-"""Shared fixtures: the ../shared assets, tiny configs and quiet TensorFlow."""
+"""Shared fixtures: the ../shared assets, a tiny backbone, mocked tfds and quiet TensorFlow.
+
+Markers: `slow` (more than a few seconds; `-m "not slow"` is the fast loop) and
+`realdata` (needs ../shared; skipped with the reason when it is absent).
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import pytest
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
+
+from tltk.models import backbones  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
 FLOWERS = SHARED / "data" / "flowers-128"
 MNV2_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_160_dogs19_notop.weights.h5"
 
@@ -35,3 +46,62 @@ def _clear_keras():
     import keras
 
     keras.backend.clear_session()
+
+
+# --- a tiny "pretrained" backbone ----------------------------------------------------
+
+def build_tiny(input_shape, weights=None) -> keras.Model:
+    """Two named conv blocks: a 'pretrained' backbone small enough for fast tests."""
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu",
+                            name="block1_conv")(inputs)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu",
+                            name="block2_conv")(x)
+    return keras.Model(inputs, x, name="tiny")
+
+
+# Frozen stages of a pretrained backbone train on cached features, as VGG16's would.
+TINY = backbones.BackboneSpec(name="tiny", description="a two-block test CNN", builder=build_tiny,
+                              preprocess="tf", default_size=32, min_size=32,
+                              blocks=("block2", "block1"))
+
+
+@pytest.fixture
+def tiny_backbone():
+    """Register TINY as backbone "tiny" for one test."""
+    backbones.BACKBONES.register("tiny", TINY)
+    yield TINY
+    backbones.BACKBONES.unregister("tiny")
+    return TINY
+
+
+# --- tfds under mock_data ------------------------------------------------------------
+
+def colour(label: int) -> tuple[int, int, int]:
+    return (label % 50) * 5, (label // 50) * 12, 7
+
+
+def png(label: int) -> bytes:
+    image = np.zeros((6 + label % 3, 5, 3), np.uint8) + np.uint8(colour(label))
+    return tf.io.encode_png(image).numpy()
+
+
+def mocked(splits: dict):
+    """mock_data serving `splits`; datasets not in it behave as not prepared."""
+    images = {}
+
+    def as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False):
+        if self.name not in splits:
+            raise AssertionError(f"Dataset {self.name}: could not find data")
+        labels = np.concatenate([splits[self.name][part] for part in str(split).split("+")])
+        wanted = decoders.extract_features(self.info.features).keys()
+        example = {"label": tf.constant(labels, tf.int64)}
+        if "image" in wanted:
+            # The sources must never decode images inside tfds: they filter first.
+            assert isinstance(decoders.decoders["image"], tfds.decode.SkipDecoding)
+            for label in set(labels.tolist()) - set(images):
+                images[label] = png(label)
+            example["image"] = tf.constant([images[label] for label in labels])
+        return tf.data.Dataset.from_tensor_slices(example)
+
+    return tfds.testing.mock_data(as_dataset_fn=as_dataset)

@@ -97,14 +97,13 @@ def test_listings():
 
 
 def test_set_mixup_and_unfreezing_flags_reach_the_config():
-    from recipes import folder
-    from tltk.cli import _build_config
-    from tltk.unfreezing import restage
+    from tltk.methods.unfreezing import restage
+    from tltk.recipes import configure, folder
 
-    config = _build_config(folder.config(), {"backbone": "vgg16"},
-                           ["stages.finetune.schedule=cosine", "stages.finetune.lr=3e-5",
-                            "head.dropout=0.2", "data.resize=crop"],
-                           epochs_finetune=2, mixup=0.2)
+    config = configure(folder.config(), {"backbone": "vgg16"},
+                       ["stages.finetune.schedule=cosine", "stages.finetune.lr=3e-5",
+                        "head.dropout=0.2", "data.resize=crop"],
+                       epochs_finetune=2, mixup=0.2)
     tune = config.stage("finetune")
     assert (tune.schedule, tune.lr, tune.epochs) == ("cosine", 3e-5, 2)
     assert config.head.dropout == 0.2 and config.data.resize == "crop"

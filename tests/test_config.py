@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from recipes import get_recipe, run_config
 from tltk.config import RunConfig, StageConfig
 from tltk.errors import TltkError
+from tltk.recipes import get_recipe, run_config
 
 
 @pytest.mark.parametrize("name", ["demo", "folder", "flowers", "dogs", "baseline"])

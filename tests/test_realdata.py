@@ -7,7 +7,7 @@ from __future__ import annotations
 from conftest import FLOWERS, MNV2_WEIGHTS, require_shared
 
 from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig
-from tltk.training import train
+from tltk.engine.run import train
 
 
 def test_folder_transfer_on_flowers_is_far_above_chance(tmp_path):

@@ -13,8 +13,8 @@ __version__ = "0.1.0"
 
 
 def train(config: RunConfig, **kwargs):
-    """Run every stage of `config` and evaluate; see `tltk.training.train`."""
-    from tltk.training import train as _train
+    """Run every stage of `config` and evaluate; see `tltk.engine.run.train`."""
+    from tltk.engine.run import train as _train
 
     return _train(config, **kwargs)
 

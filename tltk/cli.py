@@ -71,50 +71,13 @@ def _overrides(**flags) -> dict:
             "batch_size": "batch_size", "seed": "seed",
             "out": "out", "precision": "precision", "per_class": "data.per_class",
             "class_weight": "data.class_weight", "resize": "data.resize",
-            "strategy": "strategy"}
+            "strategy": "strategy", "cache_dir": "cache_dir"}
     out = {keys[k]: v for k, v in flags.items() if k in keys and v is not None}
     if flags.get("jit"):
         out["jit"] = True
     if flags.get("deterministic"):
         out["deterministic"] = True
     return out
-
-
-def _set_pairs(pairs) -> dict:
-    """`--set KEY=VALUE` pairs as dotted overrides; values are read as YAML (1e-4, true)."""
-    import yaml
-
-    out = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or not key.strip():
-            raise TltkError(f"--set: expected KEY=VALUE such as "
-                            f"stages.finetune.schedule=cosine, got '{pair}'")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise TltkError(f"--set {key}: cannot read the value '{text}'") from None
-        out[key.strip()] = _number(value) if isinstance(value, str) else value
-    return out
-
-
-def _number(text: str):
-    # YAML 1.1 reads 1e-4 (no dot) as a string; learning rates are written that way.
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
-def _build_config(base, flags, sets=(), epochs_head=None, epochs_finetune=None,
-                  cache_features=None, mixup=None):
-    """The run's config: the recipe's (or --config's), then flags, --set, epochs, mixup."""
-    config = base.override(_overrides(**flags)).override(_set_pairs(sets))
-    config = _stage_overrides(config, epochs_head, epochs_finetune, cache_features)
-    if mixup is not None:
-        for stage in config.stages:
-            stage.mixup = mixup
-    return config
 
 
 def _options(*options):
@@ -126,17 +89,22 @@ def _options(*options):
     return apply
 
 
+# Option groups shared by the commands (each declared once).
 model_options = _options(
-    click.option("--data", help="Image folder (folder recipe), or a tfds data_dir."),
     click.option("--backbone", help="Backbone name (see `tltk backbones`)."),
-    click.option("--weights", help="imagenet | none | path to a weights file."),
+    click.option("--weights", help="imagenet | none | path to a weights file."))
+data_options = _options(
+    click.option("--data", help="Image folder (folder recipe), or a tfds data_dir."),
     click.option("--image-size", type=int, help="Input size in pixels (default: backbone's)."))
+per_class_option = click.option("--per-class", type=int,
+                                help="Use at most N training images per class.")
+run_options = _options(click.option("--batch-size", type=int), click.option("--seed", type=int))
+config_option = click.option("--config", "config_file", type=click.Path(),
+                             help="YAML config to start from (instead of the recipe's).")
 epochs_options = _options(
     click.option("--epochs-head", type=int, help="Epochs of the first (bottleneck) stage."),
     click.option("--epochs-finetune", type=int,
                  help="Epochs of every later (fine-tuning) stage."))
-
-
 set_option = click.option(
     "--set", "sets", multiple=True, metavar="KEY=VALUE",
     help="Override any config key, e.g. stages.finetune.schedule=cosine (repeatable).")
@@ -145,22 +113,27 @@ mixup_option = click.option(
     help="Mixup on every stage's training stream, lam ~ Beta(ALPHA, ALPHA); e.g. 0.2.")
 
 
+def _config(recipe, config_file, flags, sets=(), **stage_fields):
+    """The command's config: the recipe's (or --config's), then flags and --set."""
+    from tltk.recipes import base_config, configure
+
+    return configure(base_config(recipe, config_file), _overrides(**flags), sets,
+                     **stage_fields)
+
+
 @main.command()
 @click.argument("recipe", required=False)
 @click.option("--resume", "resume_dir", type=click.Path(),
               help="Continue the interrupted run in RUN_DIR after its last completed epoch.")
-@click.option("--backbone", help="Backbone name (see `tltk backbones`).")
-@click.option("--weights", help="imagenet | none | path to a weights file.")
-@click.option("--data", help="Image folder (folder recipe), or a tfds data_dir.")
+@model_options
+@data_options
+@per_class_option
+@run_options
 @click.option("--data-dir", help="tfds data_dir holding prepared tfds datasets.")
 @click.option("--dataset", help="Dataset source: demo, folder, flowers, dogs, dogs-v2.")
-@click.option("--image-size", type=int, help="Input size in pixels (default: backbone's).")
 @epochs_options
-@click.option("--batch-size", type=int)
-@click.option("--seed", type=int)
-@click.option("--config", "config_file", type=click.Path(), help="YAML config to start from.")
+@config_option
 @click.option("--out", help="Run directory (default runs/<recipe>-<backbone>-<time>).")
-@click.option("--per-class", type=int, help="Use at most N training images per class.")
 @click.option("--class-weight", type=click.Choice(["balanced"]), help="Re-weight classes.")
 @click.option("--resize", type=click.Choice(["stretch", "crop", "pad"]))
 @click.option("--precision", type=click.Choice(["float32", "mixed_float16", "mixed_bfloat16"]))
@@ -183,53 +156,38 @@ def train(recipe, config_file, epochs_head, epochs_finetune, cache_features, res
 
     Rerunning with the same --out continues an interrupted run, as does --resume RUN_DIR.
     """
-    from recipes import get_recipe
-    from tltk.config import RunConfig
-    from tltk.unfreezing import restage
+    from tltk.engine import train as train_config
+    from tltk.methods.unfreezing import restage
 
+    stage_fields = {"epochs_head": epochs_head, "epochs_finetune": epochs_finetune,
+                    "cache_features": cache_features}
     if resume_dir:
         if unfreezing or sets or mixup is not None:
             raise TltkError("--unfreezing/--set/--mixup: not used with --resume; the run "
                             "continues with its own config.yaml")
-        _resume(resume_dir, recipe, config_file, epochs_head, epochs_finetune, cache_features,
-                flags)
-        return
-    if recipe is None:
-        raise TltkError("RECIPE: missing; give a recipe (see `tltk recipes`) or "
-                        "--resume RUN_DIR")
-    module = get_recipe(recipe)
-    base = RunConfig.load(config_file) if config_file else module.config()
-    config = _build_config(base, flags, sets, epochs_head, epochs_finetune, cache_features,
-                           mixup)
-    if unfreezing:
-        config = restage(config, unfreezing, unfreeze_blocks)
-    module.run(base=config)
+        config = _resume_config(resume_dir, recipe, config_file, flags, stage_fields)
+    else:
+        if recipe is None and not config_file:
+            raise TltkError("RECIPE: missing; give a recipe (see `tltk recipes`) or "
+                            "--resume RUN_DIR")
+        config = _config(recipe, config_file, flags, sets, mixup=mixup, **stage_fields)
+        if unfreezing:
+            config = restage(config, unfreezing, unfreeze_blocks)
+    train_config(config)
 
 
-def _resume(run_dir, recipe, config_file, epochs_head, epochs_finetune, cache_features, flags):
+def _resume_config(run_dir, recipe, config_file, flags, stage_fields):
     """`tltk train --resume RUN_DIR`: the run's own config; other flags must agree with it."""
-    from tltk.resume import resume_config
-    from tltk.training import train as train_config
+    from tltk.engine import resume_config
+    from tltk.recipes import configure
 
     if config_file:
         raise TltkError("--config: not used with --resume (the run's config.yaml is); "
                         "leave out one of them")
     if flags.get("out") and os.path.abspath(flags["out"]) != os.path.abspath(run_dir):
         raise TltkError("--out: not used with --resume; the run continues in RUN_DIR")
-    config = resume_config(run_dir, recipe).override(_overrides(**{**flags, "out": None}))
-    train_config(_stage_overrides(config, epochs_head, epochs_finetune, cache_features))
-
-
-def _stage_overrides(config, epochs_head, epochs_finetune, cache_features):
-    """Apply --epochs-head (first stage), --epochs-finetune (later stages) and
-    --[no-]cache-features (every stage whose backbone is frozen)."""
-    from recipes import set_stage_epochs
-
-    config = set_stage_epochs(config, epochs_head, epochs_finetune)
-    for stage in config.stages:
-        if cache_features is not None and stage.unfreeze in (0, "0", "none"):
-            stage.cache_features = cache_features
-    return config
+    return configure(resume_config(run_dir, recipe), _overrides(**{**flags, "out": None}),
+                     **stage_fields)
 
 
 @main.command()
@@ -237,7 +195,7 @@ def _stage_overrides(config, epochs_head, epochs_finetune, cache_features):
 @click.option("--weights", "which", type=click.Choice(["best", "final", "both"]), default="both")
 def evaluate(run_dir, which):
     """Re-evaluate a run's saved models on every split and print the table."""
-    from tltk.evaluation import evaluate_run
+    from tltk.evaluation.metrics import evaluate_run
 
     evaluate_run(run_dir, which=which)
 
@@ -247,7 +205,7 @@ def evaluate(run_dir, which):
 @click.option("--out", type=click.Path(), help="Folder for comparison.csv / comparison.md.")
 def report(runs, out):
     """Compare RUNs in one table (--out DIR); one RUN also regenerates its report."""
-    from tltk.reports import compare_runs, to_markdown, write_report
+    from tltk.evaluation.reports import compare_runs, to_markdown, write_report
 
     for path in write_report(runs, out):
         click.echo(f"wrote {path}")
@@ -260,8 +218,8 @@ def report(runs, out):
 @click.option("--out", required=True, type=click.Path(), help="Folder for the ensemble's files.")
 def ensemble(runs, out):
     """Average the best models of RUNs (same classes and splits) and compare."""
-    from tltk.inference import ensemble_runs
-    from tltk.reports import to_markdown
+    from tltk.evaluation.ensemble import ensemble_runs
+    from tltk.evaluation.reports import to_markdown
 
     click.echo(to_markdown(ensemble_runs(runs, out)))
     click.echo(f"wrote {out}/metrics.csv, {out}/ensemble.csv, {out}/ensemble.md")
@@ -275,7 +233,7 @@ def ensemble(runs, out):
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
 def predict_command(run_dir, images, top, weights, fmt):
     """Print the top labels of each IMAGE (files or folders, recursively) for a run."""
-    from tltk.inference import format_predictions, predict_files
+    from tltk.evaluation.predict import format_predictions, predict_files
 
     results = predict_files(run_dir, images, top=top, weights=weights)
     click.echo(format_predictions(results, fmt))
@@ -292,7 +250,7 @@ def predict_command(run_dir, images, top, weights, fmt):
 @click.option("--weights", type=click.Choice(["best", "final"]), default="best")
 def export_command(run_dir, fmt, out, weights):
     """Export a run's model; the export is checked against the Keras model."""
-    from tltk.inference import check_export, export_model
+    from tltk.evaluation.export import check_export, export_model
 
     path = export_model(run_dir, fmt, out, weights)
     diff = check_export(run_dir, path, fmt, weights)
@@ -300,34 +258,48 @@ def export_command(run_dir, fmt, out, weights):
                f"{diff:.2e})")
 
 
-@main.command()
-@click.argument("recipe")
-@click.option("--backbone", required=True, help="Backbone whose ImageNet classifier to use.")
-@click.option("--weights", help="Include-top weights file (default: imagenet, Keras' cache).")
-@click.option("--data", help="Image folder with WordNet-id class folders, or a tfds data_dir.")
-@click.option("--data-dir", help="tfds data_dir holding prepared tfds datasets.")
-@click.option("--image-size", type=int, help="Input size (default: the backbone's).")
-@click.option("--batch-size", type=int)
-@click.option("--seed", type=int)
-@click.option("--out", required=True, help="Folder for metrics.csv and predictions.")
-def baseline(recipe, **flags):
-    """Evaluate a backbone's own 1000-class classifier on RECIPE's data ("Full Original")."""
-    from recipes import get_recipe
-    from tltk.imagenet_baseline import full_original
-    from tltk.reports import metrics_table, to_markdown, write_run_report
+full_original_options = _options(
+    click.argument("recipe"),
+    click.option("--backbone", required=True, help="Backbone whose ImageNet classifier to use."),
+    click.option("--weights", help="Include-top weights file (default: imagenet, Keras' cache)."),
+    click.option("--data", help="Image folder with WordNet-id class folders, or a tfds "
+                 "data_dir."),
+    click.option("--data-dir", help="tfds data_dir holding prepared tfds datasets."),
+    click.option("--image-size", type=int, help="Input size (default: the backbone's)."),
+    click.option("--batch-size", type=int),
+    click.option("--seed", type=int),
+    click.option("--out", required=True, help="Folder for metrics.csv and predictions."))
 
-    config = get_recipe(recipe).config().override(_overrides(**flags))
+
+@main.command("full-original")
+@full_original_options
+def full_original_command(recipe, **flags):
+    """Evaluate a backbone's own 1000-class classifier on RECIPE's data ("Full Original")."""
+    from tltk.evaluation.reports import metrics_table, to_markdown, write_run_report
+    from tltk.methods.full_original import full_original
+
+    config = _config(recipe, None, flags)
     click.echo(to_markdown(metrics_table(full_original(config))))
     click.echo(f"wrote {config.out}/metrics.csv and {write_run_report(config.out)}")
+
+
+@main.command("baseline", hidden=True)
+@full_original_options
+@click.pass_context
+def baseline_alias(ctx, recipe, **flags):
+    """Deprecated name of `tltk full-original` (the `baseline` recipe is the scratch CNN)."""
+    click.echo("note: `tltk baseline` is now `tltk full-original`; the old name will go",
+               err=True)
+    ctx.invoke(full_original_command, recipe=recipe, **flags)
 
 
 @main.command("lr-find")
 @click.argument("recipe")
 @model_options
-@click.option("--batch-size", type=int)
-@click.option("--per-class", type=int, help="Use at most N training images per class.")
-@click.option("--seed", type=int)
-@click.option("--config", "config_file", type=click.Path(), help="YAML config to start from.")
+@data_options
+@per_class_option
+@run_options
+@config_option
 @click.option("--stage", help="Stage to test (default: the first).")
 @click.option("--steps", type=int, default=100, show_default=True)
 @click.option("--start-lr", type=float, default=1e-7, show_default=True)
@@ -336,12 +308,9 @@ def baseline(recipe, **flags):
 @set_option
 def lr_find(recipe, config_file, stage, steps, start_lr, end_lr, out, sets, **flags):
     """Learning-rate range test for one stage of RECIPE; prints the suggested rate."""
-    from recipes import get_recipe
-    from tltk.config import RunConfig
-    from tltk.lr_finder import lr_find_config
+    from tltk.methods.lr_finder import lr_find_config
 
-    base = RunConfig.load(config_file) if config_file else get_recipe(recipe).config()
-    config = _build_config(base, flags, sets)
+    config = _config(recipe, config_file, flags, sets)
     result = lr_find_config(config, stage, steps, start_lr, end_lr, out, say=click.echo)
     click.echo(result.summary())
 
@@ -351,21 +320,16 @@ def lr_find(recipe, config_file, stage, steps, start_lr, end_lr, out, sets, **fl
 @click.option("--backbones", "names", required=True, help="Comma-separated backbone names.")
 @click.option("--weights", "weight_args", multiple=True, metavar="NAME=PATH",
               help="Weights for one backbone (repeatable); others use the recipe's.")
-@click.option("--data", help="Image folder (folder recipe), or a tfds data_dir.")
-@click.option("--image-size", type=int, help="Input size for all (default: each backbone's).")
-@click.option("--batch-size", type=int)
-@click.option("--per-class", type=int, help="Use at most N training images per class.")
-@click.option("--seed", type=int)
+@data_options
+@per_class_option
+@run_options
 @click.option("--cache-dir", help="Feature cache folder (default ~/.cache/tltk/features).")
 @click.option("--out", type=click.Path(), help="Folder for rank.csv.")
-def rank(recipe, names, weight_args, out, cache_dir, **flags):
+def rank(recipe, names, weight_args, out, **flags):
     """Rank backbones for RECIPE's data by LogME (and H-score) of their pooled features."""
-    from recipes import get_recipe
-    from tltk.transferability import rank_backbones
+    from tltk.methods.transferability import rank_backbones
 
-    config = get_recipe(recipe).config().override(_overrides(**flags))
-    if cache_dir:
-        config = config.override({"cache_dir": cache_dir})
+    config = _config(recipe, None, flags)
     weights = {}
     for arg in weight_args:
         name, sep, path = arg.partition("=")
@@ -391,7 +355,7 @@ def distance(path_a, path_b, image_size, components, max_images):
 
     Describes how far apart two datasets look; it does not predict transfer gain.
     """
-    from tltk.transferability import image_set_distance, load_image_set
+    from tltk.methods.transferability import image_set_distance, load_image_set
 
     a = load_image_set(path_a, image_size, max_images or None)
     b = load_image_set(path_b, image_size, max_images or None)
@@ -403,14 +367,14 @@ def distance(path_a, path_b, image_size, components, max_images):
 @main.command()
 @click.argument("recipe")
 @model_options
+@data_options
 @click.option("--tuner", default="random", show_default=True,
               help="random | bayesian | hyperband.")
 @click.option("--max-trials", type=int, default=10, show_default=True)
 @epochs_options
-@click.option("--per-class", type=int, help="Use at most N training images per class.")
-@click.option("--batch-size", type=int)
-@click.option("--seed", type=int)
-@click.option("--config", "config_file", type=click.Path(), help="YAML config to start from.")
+@per_class_option
+@run_options
+@config_option
 @click.option("--out", type=click.Path(),
               help="Search folder (default runs/tune-<recipe>-<backbone>); rerun to continue.")
 @click.option("--overwrite", is_flag=True, help="Start afresh instead of continuing OUT.")
@@ -424,12 +388,10 @@ def tune(recipe, config_file, tuner, max_trials, epochs_head, epochs_finetune, o
     Distributed: set KERASTUNER_TUNER_ID (chief | tuner1, ...), KERASTUNER_ORACLE_IP and
     KERASTUNER_ORACLE_PORT, and run the same command on the chief and every worker.
     """
-    from recipes import get_recipe
-    from tltk.config import RunConfig
-    from tltk.tuning import tune as run_search
+    from tltk.methods.tuning import tune as run_search
 
-    base = RunConfig.load(config_file) if config_file else get_recipe(recipe).config()
-    config = _build_config(base, flags, sets, epochs_head, epochs_finetune, mixup=mixup)
+    config = _config(recipe, config_file, flags, sets, epochs_head=epochs_head,
+                     epochs_finetune=epochs_finetune, mixup=mixup)
     result = run_search(config, tuner=tuner, max_trials=max_trials, out=out,
                         overwrite=overwrite)
     if result.best_config is not None:
@@ -442,6 +404,7 @@ def tune(recipe, config_file, tuner, max_trials, epochs_head, epochs_finetune, o
 @main.command()
 @click.argument("recipe")
 @model_options
+@data_options
 @click.option("--per-class", "sizes", default="10,25,50,100,all", show_default=True,
               help="Training images per class to subsample (comma-separated; all = every one).")
 @click.option("--freeze", "depths", default="0,1,2,3,all", show_default=True,
@@ -451,9 +414,8 @@ def tune(recipe, config_file, tuner, max_trials, epochs_head, epochs_finetune, o
 @epochs_options
 @click.option("--epochs-scratch", type=int, help="Epochs of the scratch baseline (default 40).")
 @click.option("--no-scratch", is_flag=True, help="Leave out the from-scratch baseline.")
-@click.option("--batch-size", type=int)
-@click.option("--seed", type=int)
-@click.option("--config", "config_file", type=click.Path(), help="YAML config to start from.")
+@run_options
+@config_option
 @click.option("--out", required=True, type=click.Path(),
               help="Sweep folder (runs/, sweep.csv, sweep.png); rerun to continue.")
 @mixup_option
@@ -464,14 +426,12 @@ def sweep(recipe, sizes, depths, repeats, epochs_head, epochs_finetune, epochs_s
 
     Prints the mean +- std table and a heuristic; writes OUT/sweep.csv and OUT/sweep.png.
     """
-    from recipes import get_recipe
-    from tltk.backbones import get_backbone
-    from tltk.config import RunConfig
-    from tltk.sweep import parse_depths, parse_sizes
-    from tltk.sweep import sweep as run_sweep
+    from tltk.methods.sweep import parse_depths, parse_sizes
+    from tltk.methods.sweep import sweep as run_sweep
+    from tltk.models.backbones import get_backbone
 
-    base = RunConfig.load(config_file) if config_file else get_recipe(recipe).config()
-    config = _build_config(base, flags, sets, epochs_head, epochs_finetune, mixup=mixup)
+    config = _config(recipe, config_file, flags, sets, epochs_head=epochs_head,
+                     epochs_finetune=epochs_finetune, mixup=mixup)
     result = run_sweep(config, parse_sizes(sizes),
                        parse_depths(depths, get_backbone(config.backbone)), repeats, out,
                        scratch=not no_scratch, scratch_epochs=epochs_scratch, say=click.echo)
@@ -483,7 +443,7 @@ def sweep(recipe, sizes, depths, repeats, epochs_head, epochs_finetune, epochs_s
 @main.command()
 def backbones():
     """List registered backbones with input sizes and unfreezable blocks."""
-    from tltk.backbones import backbone_table
+    from tltk.models.backbones import backbone_table
 
     click.echo(backbone_table())
 
@@ -491,7 +451,7 @@ def backbones():
 @main.command()
 def recipes():
     """List the recipes, one line each."""
-    from recipes import recipe_table
+    from tltk.recipes import recipe_table
 
     click.echo(recipe_table())
 

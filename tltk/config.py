@@ -49,7 +49,7 @@ class DataConfig:
 
 @dataclass
 class HeadConfig:
-    """The head grafted onto the backbone (see `tltk.heads`)."""
+    """The head grafted onto the backbone (see `tltk.models.heads`)."""
 
     layers: int = 1
     units: int = 256
@@ -58,7 +58,7 @@ class HeadConfig:
 
 @dataclass
 class AugmentConfig:
-    """ImageDataGenerator-style augmentation parameters (see `tltk.augment`)."""
+    """ImageDataGenerator-style augmentation parameters (see `tltk.data.augment`)."""
 
     rotation_range: float = 10.0
     width_shift_range: float = 0.1
@@ -92,7 +92,8 @@ class StageConfig:
     augment: bool = True
     cache_features: bool | None = None
     feature_views: int = 1
-    # Learning-rate schedule and per-block rates (see tltk.schedules, tltk.discriminative):
+    # Learning-rate schedule and per-block rates (see tltk.optim.schedules and
+    # tltk.optim.discriminative):
     # schedule: constant | step | cosine | sgdr; schedule_args e.g. {"min_lr": 1e-5} or
     # {"period": 5, "t_mul": 2.0, "m_mul": 1.0}; block i from the top trains at
     # lr * block_lr_decay**i and the new head at lr * head_lr_mult.
@@ -105,8 +106,24 @@ class StageConfig:
     # frozen can take one huge step and never recover; a clip keeps the first steps sane.
     clipnorm: float | None = None
     # Mixup alpha on the training stream (0: off); labels become mixed one-hot vectors
-    # and the loss categorical cross-entropy (see tltk.mixup).
+    # and the loss categorical cross-entropy (see tltk.data.mixup).
     mixup: float = 0.0
+
+    def validate(self) -> None:
+        """Reject a stage that cannot run, naming the field and the fix."""
+        from tltk.optim.discriminative import OPTIMIZERS
+        from tltk.optim.schedules import make_lr
+
+        if self.epochs <= 0:
+            raise TltkError(f"stage '{self.name}': epochs must be a positive integer "
+                            f"(got {self.epochs}); set --epochs-head/--epochs-finetune")
+        OPTIMIZERS.get(self.optimizer, argument=f"stages.{self.name}.optimizer")
+        if self.lr <= 0:
+            raise TltkError(f"stage '{self.name}': lr must be positive (got {self.lr})")
+        if self.mixup < 0:
+            raise TltkError(f"stage '{self.name}': --mixup must be 0 (off) or a positive "
+                            f"alpha such as 0.2 (got {self.mixup:g})")
+        make_lr(self, steps_per_epoch=1)  # a bad schedule fails now, not after a stage
 
 
 @dataclass
@@ -127,7 +144,7 @@ class RunConfig:
     jit: bool = False
     # Deterministic TensorFlow kernels: with the same seed, reruns are bit-identical.
     deterministic: bool = False
-    strategy: str = "auto"  # auto | mirrored | multiworker (see tltk.distribute)
+    strategy: str = "auto"  # auto | mirrored | multiworker (see tltk.engine.runtime)
     out: str | None = None
     cache_dir: str | None = None  # bottleneck feature cache; None: ~/.cache/tltk
 
@@ -164,6 +181,40 @@ class RunConfig:
         if not path.is_file():
             raise TltkError(f"--config: file not found: {path}")
         return cls.from_yaml(path.read_text(), source=str(path))
+
+    # --- validation -------------------------------------------------------
+    def validate(self) -> None:
+        """Reject settings that cannot work, naming the argument and the fix.
+
+        Example:
+            >>> RunConfig(batch_size=0).validate()
+            Traceback (most recent call last):
+            ...
+            tltk.errors.TltkError: --batch-size must be a positive integer
+        """
+        checks = [(self.batch_size > 0, "--batch-size must be a positive integer"),
+                  (self.data.image_size is None or self.data.image_size > 0,
+                   "--image-size must be a positive integer"),
+                  (bool(self.stages), "the config has no stages; add at least one"),
+                  (self.precision in ("float32", "mixed_float16", "mixed_bfloat16"),
+                   "--precision must be float32, mixed_float16 or mixed_bfloat16"),
+                  (self.data.resize in ("stretch", "crop", "pad"),
+                   "--resize must be stretch, crop or pad"),
+                  (self.data.class_weight in (None, "balanced"),
+                   "--class-weight must be 'balanced' or unset"),
+                  (self.data.per_class is None or self.data.per_class > 0,
+                   "--per-class must be a positive integer (or unset for all images)")]
+        for ok, message in checks:
+            if not ok:
+                raise TltkError(message)
+        for stage in self.stages:
+            stage.validate()
+        names = [stage.name for stage in self.stages]
+        if len(set(names)) != len(names):
+            raise TltkError(f"stage names must be unique (got {names}); rename the repeated one")
+        from tltk.engine.runtime import STRATEGIES
+
+        STRATEGIES.get(self.strategy)
 
     # --- overrides --------------------------------------------------------
     def override(self, overrides: dict[str, Any]) -> RunConfig:
@@ -243,3 +294,32 @@ def _coerce(hint, value, where: str):
 
 def _is_union(hint) -> bool:
     return typing.get_origin(hint) in (Union, types.UnionType)
+
+
+def parse_set_pairs(pairs) -> dict:
+    """`KEY=VALUE` strings as dotted overrides; values are read as YAML (1e-4, true).
+
+    Example:
+        >>> parse_set_pairs(["stages.finetune.lr=1e-4", "jit=true"])
+        {'stages.finetune.lr': 0.0001, 'jit': True}
+    """
+    out = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise TltkError(f"--set: expected KEY=VALUE such as "
+                            f"stages.finetune.schedule=cosine, got '{pair}'")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise TltkError(f"--set {key}: cannot read the value '{text}'") from None
+        out[key.strip()] = _number(value) if isinstance(value, str) else value
+    return out
+
+
+def _number(text: str):
+    # YAML 1.1 reads 1e-4 (no dot) as a string; learning rates are written that way.
+    try:
+        return float(text)
+    except ValueError:
+        return text

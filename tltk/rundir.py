@@ -10,7 +10,7 @@ Layout of a run directory:
     metrics.csv     weights,split,top1,topk,k (accuracies in percent)
     predictions/    <weights>-<split>.npz: probs, labels (for reports and ensembles)
     skipped.csv     files a folder source skipped, with reasons (when any)
-    backup/         resume state of an unfinished run (see `tltk.resume`); removed when
+    backup/         resume state of an unfinished run (see `tltk.engine.checkpoint`); removed when
                     the run completes
 
 An unfinished run whose config matches is resumed, not restarted; while a process

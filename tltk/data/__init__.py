@@ -9,20 +9,13 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from tltk.data.core import Dataset, Split, make_pipeline, subsample_per_class, subset
-from tltk.errors import TltkError, unknown_name
+from tltk.errors import TltkError
+from tltk.registry import Registry
 
-SOURCES: dict[str, Callable] = {}
-
-
-def register(name: str):
-    """Decorator that registers a dataset loader under `name`."""
-    def wrap(fn):
-        SOURCES[name] = fn
-        return fn
-    return wrap
+# name -> loader(cfg: DataConfig, split_seed) -> Dataset; `@register("name")` adds one.
+SOURCES = Registry("--data/dataset")
+register = SOURCES.register
 
 
 def load(cfg, seed: int = 0) -> Dataset:
@@ -32,10 +25,9 @@ def load(cfg, seed: int = 0) -> Dataset:
     subsample with `seed`.
     """
     _import_sources()
-    if cfg.dataset not in SOURCES:
-        raise unknown_name("--data/dataset", cfg.dataset, SOURCES)
+    source = SOURCES.get(cfg.dataset)
     split_seed = seed if cfg.split_seed is None else cfg.split_seed
-    dataset = SOURCES[cfg.dataset](cfg, split_seed)
+    dataset = source(cfg, split_seed)
     if cfg.per_class and "train" in dataset.splits:
         train = dataset.splits["train"]
         keep = subsample_per_class(train.labels, cfg.per_class, seed)

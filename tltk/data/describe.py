@@ -5,7 +5,7 @@ Writes into `out`:
     image_sizes.csv   split, class, width, height of the measured images (all files of a
                       folder source; up to `size_samples` per split of a streamed one)
     samples.png       a grid of sample images, one row per class
-    augmentation.png  one image and nine `tltk.augment.RandomAffine` (defaults) versions
+    augmentation.png  one image and nine `tltk.data.augment.RandomAffine` (defaults) versions
     summary.md        the above in words and tables, plus skipped files
     skipped.csv       path,reason for files a folder source skipped (when any)
 
@@ -45,12 +45,9 @@ SKIPPED_LISTED = 20  # skipped files named in summary.md (all are in skipped.csv
 def load_any(cfg: DataConfig, seed: int) -> Dataset:
     """Load any registered dataset, test-only ones (e.g. `dogs-v2`) included."""
     from tltk.data import SOURCES, _import_sources
-    from tltk.errors import unknown_name
 
     _import_sources()
-    if cfg.dataset not in SOURCES:
-        raise unknown_name("DATASET", cfg.dataset, SOURCES)
-    return SOURCES[cfg.dataset](cfg, seed)
+    return SOURCES.get(cfg.dataset, argument="DATASET")(cfg, seed)
 
 
 def describe(dataset: str, out: str | Path, data: str | None = None, seed: int = 0,
@@ -201,7 +198,7 @@ def plot_samples(samples: list[list[np.ndarray]], class_names: list[str], path: 
 
 def plot_augmentation(image: np.ndarray, path: Path, seed: int) -> Path:
     """The image resized to AUGMENT_SIZE, then nine RandomAffine (defaults) versions."""
-    from tltk.augment import RandomAffine  # registers the layer; imported only when used
+    from tltk.data.augment import RandomAffine  # registers the layer; imported only when used
 
     base = resize(tf.constant(image), AUGMENT_SIZE)
     batch = tf.repeat(base[None], AUGMENTED_VIEWS, axis=0)
@@ -282,7 +279,7 @@ def summary_markdown(ds: Dataset, cfg: DataConfig, counts: pd.DataFrame,
         "## Augmentation",
         "",
         f"One image at {AUGMENT_SIZE} px and {AUGMENTED_VIEWS} draws of "
-        "`tltk.augment.RandomAffine` with its default (thesis) parameters.",
+        "`tltk.data.augment.RandomAffine` with its default (thesis) parameters.",
         "",
         "![augmentation](augmentation.png)",
         "",

@@ -1,0 +1,211 @@
+"""The folder source survives bad files and odd image modes (tltk.data.folder + scan)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from tltk.config import DataConfig
+from tltk.data import load, make_pipeline
+from tltk.data.scan import scan_files, write_skipped_csv
+from tltk.errors import TltkError
+
+SHARED = Path(__file__).resolve().parents[3] / "shared"
+RED, GREEN, BLUE = (220, 20, 20), (20, 200, 40), (30, 40, 230)
+WHITE = (255, 255, 255)
+
+
+def solid(colour, size=(24, 20)) -> Image.Image:
+    return Image.new("RGB", size, colour)
+
+
+def save(image: Image.Image, path: Path, fmt: str, **kwargs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, fmt, **kwargs)
+    return path
+
+
+def half_transparent(colour) -> Image.Image:
+    """Left half opaque `colour`, right half fully transparent (black underneath)."""
+    rgba = np.zeros((20, 24, 4), np.uint8)
+    rgba[:, :12, :3], rgba[:, :12, 3] = colour, 255
+    return Image.fromarray(rgba, "RGBA")
+
+
+# Good files in odd formats/modes, with the colour every pixel must have after decoding
+# (None: the RGBA images, checked separately for the white background).
+GOOD = {
+    "gray.jpg": (lambda p: save(solid(RED).convert("L"), p, "JPEG", quality=100), None),
+    "cmyk.jpg": (lambda p: save(solid(GREEN).convert("CMYK"), p, "JPEG", quality=100), GREEN),
+    "palette.png": (lambda p: save(solid(BLUE).convert("P"), p, "PNG"), BLUE),
+    "rgba.png": (lambda p: save(half_transparent(RED), p, "PNG"), None),
+    "frames.gif": (lambda p: save(solid(GREEN), p, "GIF", save_all=True,
+                                  append_images=[solid(RED)]), GREEN),
+    "palette.bmp": (lambda p: save(solid(BLUE).convert("P"), p, "BMP"), BLUE),
+    "mono.bmp": (lambda p: save(solid(WHITE).convert("1"), p, "BMP"), WHITE),
+    "photo.webp": (lambda p: save(solid(RED), p, "WEBP", lossless=True), RED),
+    "uppercase.JPEG": (lambda p: save(solid(BLUE), p, "JPEG", quality=100), BLUE),
+}
+
+
+def make_bad(folder: Path) -> dict[str, str]:
+    """Write every kind of bad file; returns {file name: expected words in the reason}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "empty.jpg").write_bytes(b"")
+    whole = save(solid(RED, (64, 64)), folder / "truncated.jpg", "JPEG")
+    whole.write_bytes(whole.read_bytes()[:300])
+    (folder / "notes.jpg").write_text("these are my notes, not a picture\n")
+    png = save(Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3),
+                                                                 dtype=np.uint8)),
+               folder / "corrupt.png", "PNG")
+    data = bytearray(png.read_bytes())
+    start = data.index(b"IDAT") + 14
+    data[start:start + 200] = bytes(200)
+    png.write_bytes(bytes(data))
+    return {"empty.jpg": "empty", "truncated.jpg": "truncated", "notes.jpg": "not an image",
+            "corrupt.png": "corrupt"}
+
+
+@pytest.fixture
+def messy(tmp_path) -> tuple[Path, dict[str, str]]:
+    root = tmp_path / "messy"
+    for name, (write, _) in GOOD.items():
+        write(root / "odd" / name)
+    bad = make_bad(root / "odd")
+    for i in range(6):
+        save(solid((i * 40, 100, 200 - i * 30)), root / "plain" / f"p{i}.jpg", "JPEG")
+    save(solid(RED), root / "plain" / ".hidden.jpg", "JPEG")
+    (root / "plain" / "readme.txt").write_text("ignored")
+    save(solid(RED), root / ".thumbs" / "x.jpg", "JPEG")  # a hidden folder is no class
+    return root, bad
+
+
+def load_folder(root: Path, **kwargs):
+    cfg = DataConfig(dataset="folder", path=str(root), **kwargs)
+    return load(cfg, seed=0)
+
+
+def test_bad_files_are_skipped_with_reasons(messy):
+    root, bad = messy
+    before = sorted(p for p in root.rglob("*"))
+    ds = load_folder(root, val_fraction=0.25, test_fraction=0.0)
+    assert ds.class_names == ["odd", "plain"]
+    reasons = {Path(path).name: reason for path, reason in ds.skipped}
+    assert set(reasons) == set(bad)
+    for name, words in bad.items():
+        assert words in reasons[name], reasons[name]
+    used = sum(len(split) for split in ds.splits.values())
+    seen = len(GOOD) + len(bad) + 6  # hidden files and .txt are not seen at all
+    assert used + len(ds.skipped) == seen
+    assert used == len(GOOD) + 6
+    assert sorted(p for p in root.rglob("*")) == before  # nothing written into the data
+
+
+def test_odd_modes_decode_to_the_right_colours(messy):
+    root, _ = messy
+    ds = load_folder(root, val_fraction=0.25, test_fraction=0.0)
+    seen = {}
+    for split in ds.splits.values():
+        for path, (image, _) in zip(split.paths, split.source()):
+            original = Path(path).stem.rsplit("-", 1)[0] if "cache" in path else Path(path).stem
+            seen[original] = image.numpy()
+    for name, (_, colour) in GOOD.items():
+        image = seen[Path(name).stem]
+        assert image.dtype == np.uint8 and image.shape == (20, 24, 3), name
+        if colour is not None:
+            np.testing.assert_allclose(image.reshape(-1, 3).mean(0), colour, atol=6,
+                                       err_msg=name)
+    grey = seen["gray"].reshape(-1, 3).mean(0)
+    assert np.ptp(grey) < 2  # grayscale comes out as three equal channels
+    rgba = seen["rgba"].astype(float)
+    np.testing.assert_allclose(rgba[:, :12].mean((0, 1)), RED, atol=1)
+    np.testing.assert_allclose(rgba[:, 12:].mean((0, 1)), WHITE, atol=1)  # not black
+
+
+def test_every_split_runs_through_make_pipeline(messy):
+    root, _ = messy
+    ds = load_folder(root, val_fraction=0.25, test_fraction=0.0)
+    for name, split in ds.splits.items():
+        batches = list(make_pipeline(split, image_size=32, batch_size=4,
+                                     training=name == "train", seed=0))
+        images = np.concatenate([x.numpy() for x, _ in batches])
+        labels = np.concatenate([y.numpy() for _, y in batches])
+        assert images.shape == (len(split), 32, 32, 3)
+        assert np.isfinite(images).all() and sorted(labels) == sorted(split.labels)
+
+
+def test_scan_is_cached_and_notices_edits(messy):
+    root, _ = messy
+    paths = sorted(p for p in (root / "plain").glob("*.jpg") if not p.name.startswith("."))
+    first = scan_files(root, paths, progress=False)
+    again = scan_files(root, paths, progress=False)
+    assert first.opened == len(paths) and again.opened == 0
+    assert again.files == first.files
+    paths[0].write_bytes(b"")  # an edit: the file is now broken
+    os.utime(paths[0], ns=(1, 1))
+    third = scan_files(root, paths, progress=False)
+    assert third.opened == 1 and third.skipped == [(str(paths[0]), "empty file (0 bytes)")]
+
+
+def test_write_skipped_csv(messy, tmp_path):
+    root, bad = messy
+    ds = load_folder(root, val_fraction=0.25, test_fraction=0.0)
+    write_skipped_csv(tmp_path / "run" / "skipped.csv", ds.skipped)
+    table = pd.read_csv(tmp_path / "run" / "skipped.csv")
+    assert list(table.columns) == ["path", "reason"]
+    assert sorted(Path(p).name for p in table["path"]) == sorted(bad)
+
+
+def test_empty_class_is_dropped_with_a_warning(messy, caplog):
+    root, _ = messy
+    (root / "nothing").mkdir()
+    make_bad(root / "broken")  # a class whose every file is bad
+    with caplog.at_level(logging.WARNING, logger="tltk.data.folder"):
+        ds = load_folder(root, val_fraction=0.25, test_fraction=0.0)
+    assert ds.class_names == ["odd", "plain"]
+    assert "broken, nothing" in caplog.text
+    assert len(ds.skipped) == 8  # the four bad files of odd/ and of broken/
+
+
+def test_single_class_is_an_error(tmp_path):
+    for i in range(4):
+        save(solid(RED), tmp_path / "only" / f"{i}.png", "PNG")
+    with pytest.raises(TltkError, match="at least two class subfolders"):
+        load_folder(tmp_path)
+
+
+def test_too_small_class_is_an_error(messy):
+    root, _ = messy
+    save(solid(RED), root / "tiny" / "one.jpg", "JPEG")
+    save(solid(RED), root / "tiny" / "two.jpg", "JPEG")
+    with pytest.raises(TltkError, match="class 'tiny' .* has 2 image.*need at least 3"):
+        load_folder(root, val_fraction=0.2, test_fraction=0.2)
+
+
+def test_presplit_layout_skips_bad_files(tmp_path):
+    root = tmp_path / "pre"
+    for split, n in (("train", 4), ("val", 2)):
+        for cls, colour in (("cat", RED), ("dog", BLUE)):
+            for i in range(n):
+                save(solid(colour), root / split / cls / f"{i}.jpg", "JPEG")
+    (root / "val" / "cat" / "bad.jpg").write_bytes(b"")
+    ds = load_folder(root)
+    assert ds.class_names == ["cat", "dog"]
+    assert {k: len(v) for k, v in ds.splits.items()} == {"train": 8, "val": 4}
+    assert [Path(p).name for p, _ in ds.skipped] == ["bad.jpg"]
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "flowers-128").is_dir(),
+                    reason="../shared/data/flowers-128 is not available")
+def test_real_flowers_folder_scans_fast():
+    ds = load_folder(SHARED / "data" / "flowers-128", val_fraction=0.3, test_fraction=0.0)
+    assert ds.class_names == ["daisy", "dandelion", "rose", "sunflower", "tulip"]
+    assert sum(len(s) for s in ds.splits.values()) == 4317 and ds.skipped == []
+    counts = np.bincount(ds.splits["val"].labels)
+    np.testing.assert_array_equal(counts, np.round(0.3 * np.array([764, 1052, 784, 733, 984])))

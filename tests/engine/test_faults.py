@@ -1,0 +1,180 @@
+"""Fault injection: SIGKILL at the worst moments, a full disk, NaN losses, corrupt images
+and unsafe files. A killed run resumes to exactly the result of an uninterrupted one."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from tltk.cli import main
+from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig
+from tltk.engine.callbacks import NumericalFault
+from tltk.engine.run import train
+from tltk.errors import TltkError
+from tltk.evaluation.metrics import load_model
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPLETE = {"config.yaml", "run.json", "classes.json", "history.csv", "best.keras",
+            "final.keras", "metrics.csv", "predictions", "report.md", "report.html", "report"}
+
+
+def demo_config(out=None, **kw) -> RunConfig:
+    """The demo recipe, shrunk: 32 px, 10 training images per class, one 3-epoch stage
+    with a cosine schedule (its position must survive a kill), a dropout head (its seed
+    state too), augmentation and determinism."""
+    return RunConfig(
+        recipe="demo", backbone="scratch", weights="none", batch_size=16, deterministic=True,
+        data=DataConfig(dataset="demo", image_size=32, per_class=10, val_fraction=0.05,
+                        test_fraction=0.05),
+        head=HeadConfig(layers=1, units=16, dropout=0.5), out=out,
+        stages=kw.pop("stages", None) or [
+            StageConfig("train", epochs=3, optimizer="adam", unfreeze="all",
+                        schedule="cosine")], **kw)
+
+
+def killed(args: list[str], point: str) -> subprocess.CompletedProcess:
+    """Run `tltk ARGS` in a subprocess that SIGKILLs itself at fault point `point`."""
+    env = {**os.environ, "TLTK_FAULT": point, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", "tltk.cli", *args], capture_output=True,
+                          text=True, timeout=600, env=env)
+
+
+def test_sigkill_mid_epoch_and_mid_checkpoint_then_resume_matches_uninterrupted(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(demo_config().to_yaml())
+    run = tmp_path / "run"
+
+    first = killed(["train", "demo", "--config", str(config), "--out", str(run)],
+                   "train:2:mid-epoch")
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    state = json.loads((run / "backup" / "train" / "state.json").read_text())
+    assert state["epochs_done"] == 1 and state["history_rows"] == 1
+    assert json.loads((run / "run.json").read_text())["status"] == "running"
+
+    second = killed(["train", "--resume", str(run)], "train:3:checkpoint-write")
+    assert second.returncode == -signal.SIGKILL, second.stderr[-2000:]
+    assert "resuming stage train after epoch 1 of 3" in second.stdout
+    backup = run / "backup" / "train"
+    assert [p.name for p in backup.glob(".epoch-0003.weights.h5.*")], "the torn write"
+    state = json.loads((backup / "state.json").read_text())
+    assert state["epochs_done"] == 2 and (backup / state["weights"]).is_file()
+
+    resumed = CliRunner().invoke(main, ["train", "--resume", str(run)])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming stage train after epoch 2 of 3" in resumed.output
+    reference = CliRunner().invoke(main, ["train", "demo", "--config", str(config),
+                                          "--out", str(tmp_path / "reference")])
+    assert reference.exit_code == 0, reference.output
+
+    assert {p.name for p in run.iterdir()} == COMPLETE, "complete, no backup or temp files"
+    for name in ("history.csv", "metrics.csv"):
+        assert (run / name).read_text() == (tmp_path / "reference" / name).read_text(), name
+    assert pd.read_csv(run / "history.csv")["lr"].is_monotonic_decreasing  # cosine went on
+    status = json.loads((run / "run.json").read_text())
+    assert status["status"] == "complete" and len(status["resumed"]) == 2
+    assert [s["name"] for s in status["stages"]] == ["train"]
+
+    again = CliRunner().invoke(main, ["train", "--resume", str(run)])
+    assert again.exit_code == 2 and "is a finished run" in again.output
+
+
+def test_nan_loss_stops_with_one_line_keeps_best_and_writes_metrics(tmp_path):
+    # One good epoch, then a learning rate of 1e9 from the second epoch on.
+    config = demo_config(str(tmp_path / "run"), stages=[
+        StageConfig("wreck", epochs=3, optimizer="sgd", lr=1e-3, lr_steps=[[1, 1e9]],
+                    unfreeze="all", augment=False)])
+    with pytest.raises(NumericalFault) as fault:
+        train(config, verbose=False)
+    message = str(fault.value)
+    assert "\n" not in message
+    assert re.match(r"stage 'wreck' epoch 2, batch \d+: the training loss became (nan|inf)",
+                    message)
+    assert "lower stages.wreck.lr (now 0.001) or set stages.wreck.clipnorm" in message
+    run = tmp_path / "run"
+    status = json.loads((run / "run.json").read_text())
+    assert status["status"] == "failed" and status["error"].startswith("NumericalFault:")
+    history = pd.read_csv(run / "history.csv")
+    assert history["stage_epoch"].tolist() == [0], "the broken epoch is not recorded"
+    metrics = pd.read_csv(run / "metrics.csv").set_index(["weights", "split"])
+    assert set(metrics.index.get_level_values(0)) == {"best", "final"}
+    # "final" is the last good epoch, the first, which is also the best.
+    assert metrics.loc[("final", "val"), "top1"] == pytest.approx(
+        100 * history["val_top1"].iloc[-1], abs=0.01)
+    final = load_model(run / "final.keras")
+    assert all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in final.weights)
+
+
+def test_a_full_disk_is_one_line_and_the_run_resumes_after(tmp_path):
+    # A 1 MB file-size limit makes every larger write fail with EFBIG, as a full disk
+    # fails with ENOSPC; unlike chmod it also stops root.
+    config = demo_config(str(tmp_path / "run"), stages=[
+        StageConfig("train", epochs=1, unfreeze="all", augment=False)])
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, hard))
+    try:
+        with pytest.raises(TltkError) as error:
+            train(config, verbose=False)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    message = str(error.value)
+    assert message.startswith(f"cannot write {tmp_path / 'run' / 'backup' / 'train'}")
+    assert os.strerror(errno.EFBIG) in message and "rerun the same command" in message
+    status = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert status["status"] == "failed"
+    assert not list((tmp_path / "run").rglob(".*.weights.h5")), "no half-written file left"
+
+    result = train(config, verbose=False)
+    assert result.history["epoch"].tolist() == [0]
+
+
+def test_corrupt_images_in_a_folder_are_skipped_and_reported(tmp_path):
+    data = tmp_path / "photos"
+    for i, name in enumerate(("round", "square")):
+        (data / name).mkdir(parents=True)
+        for j in range(10):
+            Image.new("RGB", (24, 24), (200 * i, 20 * j, 90)).save(data / name / f"{j}.png")
+    (data / "round" / "empty.jpg").write_bytes(b"")
+    (data / "square" / "truncated.png").write_bytes(
+        (data / "square" / "0.png").read_bytes()[:40])
+    out, config = tmp_path / "run", tmp_path / "config.yaml"
+    config.write_text(RunConfig(
+        recipe="folder", backbone="scratch", weights="none", batch_size=16,
+        data=DataConfig(dataset="folder", image_size=32),
+        stages=[StageConfig("train", epochs=1, unfreeze="all", augment=False)]).to_yaml())
+    result = CliRunner().invoke(main, ["train", "folder", "--config", str(config),
+                                       "--data", str(data), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "skipped 2 unreadable files" in result.output
+    skipped = pd.read_csv(out / "skipped.csv")
+    assert sorted(Path(p).name for p in skipped["path"]) == ["empty.jpg", "truncated.png"]
+    assert skipped["reason"].str.len().min() > 0
+    assert (out / "metrics.csv").is_file()
+
+
+def test_loading_is_safe_no_pickle_and_keras_safe_mode(tmp_path):
+    for path in sorted((ROOT / "tltk").rglob("*.py")):
+        source = path.read_text()
+        assert "import pickle" not in source and "safe_mode=False" not in source, path
+        for call in re.findall(r"np\.load\((.*?)\)", source, flags=re.S):
+            assert "allow_pickle=False" in call, f"{path}: np.load({call})"
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs))
+    model.save(tmp_path / "lambda.keras")
+    with pytest.raises(ValueError, match="safe_mode"):
+        load_model(tmp_path / "lambda.keras")  # code in a model file is never run

@@ -1,0 +1,160 @@
+"""The staged engine: optimizer switch, history across stages, best vs final,
+cached-feature stages, and the run directory."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig
+from tltk.engine.run import train
+from tltk.errors import TltkError
+from tltk.evaluation.metrics import load_model, topk_accuracy
+
+
+def tiny(tmp_path, stages, backbone="scratch", **kw) -> RunConfig:
+    """Demo shapes at 32 px, 15 training images per class."""
+    return RunConfig(recipe="test", backbone=backbone, weights="none",
+                     data=DataConfig(dataset="demo", image_size=32, per_class=15),
+                     head=kw.pop("head", HeadConfig(layers=1, units=16)), stages=stages,
+                     batch_size=16, out=str(tmp_path / "run"), **kw)
+
+
+def test_stages_switch_optimizer_and_history_spans_them(tmp_path):
+    result = train(tiny(tmp_path, [
+        StageConfig("first", epochs=2, optimizer="adam", lr=1e-3, unfreeze="all"),
+        StageConfig("second", epochs=1, optimizer="sgd", lr=1e-3, momentum=0.9,
+                    unfreeze="all")]), verbose=False)
+    run = json.loads((result.run_dir / "run.json").read_text())
+    assert [(s["name"], s["optimizer"]) for s in run["stages"]] == \
+        [("first", "Adam"), ("second", "SGD")]
+    assert run["stages"][1]["momentum"] == pytest.approx(0.9)
+    assert run["status"] == "complete"
+    history = result.history
+    assert history["stage"].tolist() == ["first", "first", "second"]
+    assert history["epoch"].tolist() == [0, 1, 2]
+    for name in ("config.yaml", "classes.json", "best.keras", "final.keras", "metrics.csv"):
+        assert (result.run_dir / name).is_file(), name
+    assert RunConfig.load(result.run_dir / "config.yaml").data.image_size == 32
+
+
+def test_best_and_final_weights_are_tracked_separately(tmp_path):
+    # A wildly high learning rate in the second stage wrecks the model, so the best
+    # validation epoch is in the first stage and best != final.
+    # Random VGG16 features (no BatchNorm) are informative enough to learn from fast.
+    result = train(tiny(tmp_path, [
+        StageConfig("learn", epochs=6, optimizer="adam", lr=3e-3, unfreeze=0, augment=False),
+        StageConfig("wreck", epochs=1, optimizer="sgd", lr=50.0, unfreeze=0, augment=False)],
+        backbone="vgg16"), verbose=False)
+    history, metrics = result.history, result.metrics.set_index(["weights", "split"])
+    best_epoch = int(history["val_top1"].idxmax())
+    assert history.loc[best_epoch, "stage"] == "learn"
+    assert metrics.loc[("best", "val"), "top1"] == pytest.approx(
+        100 * history["val_top1"].max(), abs=0.01)
+    assert metrics.loc[("final", "val"), "top1"] == pytest.approx(
+        100 * history["val_top1"].iloc[-1], abs=0.01)
+    assert metrics.loc[("best", "val"), "top1"] > metrics.loc[("final", "val"), "top1"]
+
+
+def test_saved_best_model_reloads_and_reproduces_its_metrics(tmp_path):
+    result = train(tiny(tmp_path, [
+        StageConfig("train", epochs=2, optimizer="adam", unfreeze="all")]), verbose=False)
+    model = load_model(result.run_dir / "best.keras")
+    saved = np.load(result.run_dir / "predictions" / "best-test.npz")
+    from tltk import data as tltk_data
+    from tltk.evaluation.metrics import predict_split
+
+    ds = tltk_data.load(result.config.data, seed=result.config.seed)
+    probs = predict_split(model, ds, "test", 32, 16)
+    np.testing.assert_allclose(probs, saved["probs"], atol=1e-5)
+    metrics = pd.read_csv(result.run_dir / "metrics.csv").set_index(["weights", "split"])
+    assert metrics.loc[("best", "test"), "top1"] == pytest.approx(
+        100 * topk_accuracy(probs, saved["labels"], 1), abs=0.01)
+
+
+def test_cached_feature_stage_metrics_equal_the_whole_models(tmp_path):
+    # VGG16 has no BatchNorm, so even random weights give informative features.
+    config = tiny(tmp_path, [StageConfig("bottleneck", epochs=3, unfreeze=0,
+                                         feature_views=2)], backbone="vgg16")
+    result = train(config, verbose=False)
+    history = result.history
+    metrics = result.metrics.set_index(["weights", "split"])
+    # The last epoch's val accuracy was computed by the head on cached features;
+    # metrics.csv comes from the whole saved model on images.
+    assert metrics.loc[("final", "val"), "top1"] == pytest.approx(
+        100 * history["val_top1"].iloc[-1], abs=0.01)
+    assert list((Path(os.environ["TLTK_CACHE"]) / "features").glob("*.npz")), "cached on disk"
+
+
+def test_feature_cache_is_reused_and_keyed(tmp_path):
+    cache_dir = Path(os.environ["TLTK_CACHE"]) / "features"
+    stages = [StageConfig("bottleneck", epochs=1, unfreeze=0, augment=False)]
+    train(tiny(tmp_path / "a", stages, backbone="vgg16"), verbose=False)
+    first = set(cache_dir.glob("*.npz"))
+    train(tiny(tmp_path / "b", stages, backbone="vgg16"), verbose=False)
+    assert set(cache_dir.glob("*.npz")) == first, "a second identical run reuses the cache"
+    other = tiny(tmp_path / "c", stages, backbone="vgg16").override({"data.image_size": 40})
+    train(other, verbose=False)
+    assert len(set(cache_dir.glob("*.npz")) - first) == 2, "a new image size rebuilds"
+
+
+def test_bad_settings_are_one_line_errors(tmp_path):
+    good = StageConfig("s", epochs=1, unfreeze="all")
+    with pytest.raises(TltkError, match="epochs must be a positive integer"):
+        train(tiny(tmp_path, [StageConfig("s", epochs=0)]), verbose=False)
+    with pytest.raises(TltkError, match="--batch-size"):
+        train(tiny(tmp_path, [good]).override({"batch_size": -1}), verbose=False)
+    with pytest.raises(TltkError, match="did you mean 'sgd'"):
+        train(tiny(tmp_path, [StageConfig("s", epochs=1, optimizer="sgdd")]), verbose=False)
+
+
+def test_out_dir_holding_a_finished_run_is_refused(tmp_path):
+    config = tiny(tmp_path, [StageConfig("s", epochs=1, unfreeze="all")])
+    train(config, verbose=False)
+    before = (tmp_path / "run" / "metrics.csv").read_text()
+    with pytest.raises(TltkError, match="already holds a finished run"):
+        train(config, verbose=False)
+    assert (tmp_path / "run" / "metrics.csv").read_text() == before
+    keras.backend.clear_session()
+
+
+def test_fine_tuning_top_block_on_cached_activations_is_exact(tmp_path):
+    # Everything below block5 is frozen, so its output can be cached per view; the
+    # stage then trains block5 + head on those activations and the whole model agrees.
+    config = tiny(tmp_path, [
+        StageConfig("bottleneck", epochs=1, unfreeze=0, augment=False),
+        StageConfig("finetune", epochs=2, optimizer="sgd", lr=1e-3, momentum=0.9,
+                    unfreeze=1, cache_features=True, feature_views=2)], backbone="vgg16")
+    from tltk.models.backbones import build_backbone, get_backbone
+    from tltk.models.heads import backbone_of
+
+    keras.utils.set_random_seed(config.seed)
+    initial = build_backbone(get_backbone("vgg16"), "none", 32)
+    result = train(config, verbose=False)
+    base = backbone_of(result.model)
+    assert not np.allclose(base.get_layer("block5_conv3").kernel.numpy(),
+                           initial.get_layer("block5_conv3").kernel.numpy())
+    np.testing.assert_array_equal(base.get_layer("block4_conv3").kernel.numpy(),
+                                  initial.get_layer("block4_conv3").kernel.numpy())
+    metrics = result.metrics.set_index(["weights", "split"])
+    assert metrics.loc[("final", "val"), "top1"] == pytest.approx(
+        100 * result.history["val_top1"].iloc[-1], abs=0.01)
+    stages = json.loads((result.run_dir / "run.json").read_text())["stages"]
+    assert [s["cached_features"] for s in stages] == ["pooled", "activations"]
+
+
+@pytest.mark.parametrize("precision,jit", [("mixed_bfloat16", False), ("float32", True)])
+def test_mixed_precision_and_xla_runs_train_and_keep_float32_outputs(tmp_path, precision, jit):
+    config = tiny(tmp_path, [StageConfig("s", epochs=1, unfreeze="all")],
+                  precision=precision, jit=jit)
+    result = train(config, verbose=False)
+    assert result.model.output.dtype == "float32"
+    assert keras.mixed_precision.global_policy().name == "float32", "policy restored"
+    model = load_model(result.run_dir / "final.keras")
+    assert model.get_layer("head").get_layer("predictions").dtype_policy.name == "float32"

@@ -1,0 +1,65 @@
+"""Head grafting: structure, float32 output and the preprocessing layer."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from tltk.config import HeadConfig
+from tltk.models.backbones import build_backbone, get_backbone
+from tltk.models.heads import build_classifier, build_head, feature_extractor
+from tltk.models.preprocessing import Preprocess
+
+
+def test_head_structure_matches_the_declaration():
+    head = build_head(32, 7, HeadConfig(layers=2, units=16, dropout=0.25))
+    kinds = [type(layer).__name__ for layer in head.layers[1:]]
+    assert kinds == ["BatchNormalization", "Dense", "BatchNormalization", "Dropout",
+                     "Dense", "BatchNormalization", "Dropout", "Dense"]
+    assert [layer.units for layer in head.layers if isinstance(layer, keras.layers.Dense)] \
+        == [16, 16, 7]
+    assert head.get_layer("head_dropout1").rate == 0.25
+    assert head.get_layer("predictions").activation.__name__ == "softmax"
+
+
+def test_output_layer_stays_float32_under_mixed_precision():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        spec = get_backbone("mobilenetv2")
+        model = build_classifier(build_backbone(spec, "none", 32), spec, 4, HeadConfig())
+        assert model.get_layer("head").get_layer("predictions").dtype_policy.name == "float32"
+        assert model(np.zeros((1, 32, 32, 3), "float32")).dtype.name == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_classifier_takes_raw_pixels_and_round_trips(tmp_path):
+    spec = get_backbone("vgg16")
+    model = build_classifier(build_backbone(spec, "none", 32), spec, 3, HeadConfig(units=8))
+    assert model.get_layer("preprocess").mode == "caffe"
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    model.save(tmp_path / "m.keras")
+    again = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_allclose(model.predict(x, verbose=0), again.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+    assert feature_extractor(model).output_shape == (None, 512)
+
+
+def test_scratch_head_flattens():
+    spec = get_backbone("scratch")
+    model = build_classifier(build_backbone(spec, "none", 64), spec, 5, HeadConfig(layers=0))
+    assert model.get_layer("head_pool").__class__.__name__ == "Flatten"
+    assert model.get_layer("head").input_shape == (None, 2 * 2 * 256)
+
+
+@pytest.mark.parametrize("mode,reference", [
+    ("tf", keras.applications.mobilenet_v2.preprocess_input),
+    ("torch", keras.applications.densenet.preprocess_input),
+    ("caffe", keras.applications.vgg19.preprocess_input),
+    ("none", keras.applications.efficientnet.preprocess_input),
+])
+def test_preprocess_modes_match_keras_applications(mode, reference):
+    x = np.random.default_rng(1).uniform(0, 255, (2, 4, 4, 3)).astype("float32")
+    expected = reference(x.copy())
+    np.testing.assert_allclose(Preprocess(mode)(x), expected, rtol=1e-5, atol=1e-4)

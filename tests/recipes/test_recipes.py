@@ -1,0 +1,116 @@
+"""The thesis recipes end to end under tfds mock data (dogs, flowers) and on the demo
+shapes (baseline), at 32 px and one epoch per stage, plus `tltk recipes`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import mocked
+from tltk.cli import main
+from tltk.data.tfds_sources import DOGS_PER_CLASS, dog_wnids, imagenet_to_dogs, tfds_builder
+from tltk.recipes import RECIPES, baseline, dogs, flowers, get_recipe
+
+BREEDS = [3, 7]  # two breeds keep a run to seconds; the head still has 120 outputs
+TINY = {"image_size": 32}
+
+
+def dog_splits() -> dict:
+    """Stanford Dogs with 60 images of each of BREEDS, and ImageNetV2 images of them."""
+    imagenet = tfds_builder("imagenet_v2/matched-frequency", None).info.features["label"]
+    table = imagenet_to_dogs(imagenet.names, dog_wnids(tfds_builder("stanford_dogs", None)))
+    return {"stanford_dogs": {"train": np.repeat(BREEDS, 45), "test": np.repeat(BREEDS, 15)},
+            "imagenet_v2": {"test": np.repeat(np.flatnonzero(np.isin(table, BREEDS)), 3)}}
+
+
+def stages_run(run_dir) -> list[dict]:
+    return json.loads((run_dir / "run.json").read_text())["stages"]
+
+
+def test_recipe_configs_follow_the_thesis_protocol():
+    cfg = dogs.config()
+    assert (cfg.backbone, cfg.data.dataset, cfg.data.split) == ("vgg19", "dogs", "default")
+    assert DOGS_PER_CLASS == {"val": 30, "test": 20}
+    assert (cfg.head.layers, cfg.head.units) == (2, 256)
+    bottleneck, finetune = cfg.stages
+    assert (bottleneck.unfreeze, bottleneck.optimizer) == (0, "adam")
+    assert (finetune.optimizer, finetune.lr, finetune.momentum, finetune.unfreeze) == \
+        ("sgd", 1e-4, 0.9, 1)
+    cfg = flowers.config()
+    assert (cfg.data.val_fraction, cfg.data.test_fraction) == (0.3, 0.0)
+    assert (cfg.backbone, cfg.head.layers, cfg.head.units) == ("vgg19", 1, 256)
+    finetune = cfg.stage("finetune")
+    assert (finetune.lr, finetune.lr_steps, finetune.momentum) == (0.004, [[25, 0.001]], 0.9)
+    cfg = baseline.config()
+    assert (cfg.backbone, cfg.head.layers, cfg.data.val_fraction) == ("scratch", 0, 0.3)
+    for module in (dogs, flowers, baseline):
+        assert "Thesis figures it reproduces" in module.__doc__, module.__name__
+
+
+def test_tltk_recipes_lists_each_recipe_on_one_line():
+    result = CliRunner().invoke(main, ["recipes"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert [line.split()[0] for line in lines] == list(RECIPES)
+    for name, line in zip(RECIPES, lines):
+        assert line.endswith(get_recipe(name).SUMMARY)
+
+
+def test_tltk_train_dogs_vgg19_runs_the_thesis_protocol(tmp_path):
+    out = tmp_path / "dogs-vgg19"
+    with mocked(dog_splits()):
+        result = CliRunner().invoke(main, [
+            "train", "dogs", "--backbone", "vgg19", "--weights", "none", "--image-size", "32",
+            "--epochs-head", "1", "--epochs-finetune", "1", "--batch-size", "16",
+            "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "recompiling with sgd lr=0.0001 momentum=0.9" in result.output
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert set(metrics["split"]) == {"val", "test", "v2"} and (metrics["k"] == 5).all()
+    sizes = {name: len(np.load(out / "predictions" / f"best-{name}.npz")["labels"])
+             for name in ("val", "test", "v2")}
+    assert sizes == {"val": 30 * len(BREEDS), "test": 20 * len(BREEDS), "v2": 3 * len(BREEDS)}
+    bottleneck, finetune = stages_run(out)
+    assert bottleneck["cached_features"] == "pooled"
+    assert (finetune["optimizer"], finetune["trainable_blocks"]) == ("SGD", ["block5"])
+
+
+def test_dogs_recipe_runs_with_resnet50(tmp_path):
+    with mocked(dog_splits()):
+        result = dogs.run(backbone="resnet50", weights="none", data=TINY, epochs_head=1,
+                          epochs_finetune=1, batch_size=16, out=str(tmp_path / "run"))
+    assert set(result.metrics["split"]) == {"val", "test", "v2"}
+    assert result.config.head.layers == 2 and result.config.backbone == "resnet50"
+    assert stages_run(result.run_dir)[1]["trainable_blocks"] == ["conv5_block3"]
+
+
+def test_flowers_recipe_reports_top2_and_steps_its_learning_rate(tmp_path):
+    splits = {"tf_flowers": {"train": np.repeat(np.arange(5), 10)}}
+    with mocked(splits):
+        result = flowers.run(weights="none", data=TINY, epochs_head=1, epochs_finetune=2,
+                             batch_size=16, out=str(tmp_path / "run"),
+                             stages={"finetune": {"lr_steps": [[1, 0.001]]}})
+    assert set(result.metrics["split"]) == {"val"} and (result.metrics["k"] == 2).all()
+    history = result.history
+    finetune = history[history["stage"] == "finetune"]
+    assert finetune["lr"].tolist() == pytest.approx([0.004, 0.001])
+    assert history.loc[history["stage"] == "bottleneck", "lr"].tolist() == pytest.approx([1e-3])
+
+
+def test_baseline_returns_the_table3_grid_on_demo(tmp_path):
+    result = baseline.run(data={"dataset": "demo", "image_size": 32, "per_class": 8,
+                                "val_fraction": 0.05},
+                          epochs_head=1, batch_size=16, out=str(tmp_path / "baseline"))
+    grid = result.grid
+    assert grid.index.tolist() == [("augmented", "best"), ("augmented", "final"),
+                                   ("plain", "best"), ("plain", "final")]
+    assert grid.columns.tolist() == [("val", "top1"), ("val", "topk")]
+    plain = result.runs["plain"].metrics.set_index("weights")
+    assert grid.loc[("plain", "final"), ("val", "top1")] == plain.loc["final", "top1"]
+    assert [r.config.stages[0].augment for r in result.runs.values()] == [True, False]
+    assert (tmp_path / "baseline" / "augmented").is_dir() and \
+        (tmp_path / "baseline" / "plain").is_dir()

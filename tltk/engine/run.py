@@ -1,0 +1,227 @@
+"""The run lifecycle: one config in, one run directory out.
+
+    train(config)
+      prepare   load data, build backbone + head, create (or reopen) the run directory
+      stage...  `tltk.engine.stage.run_stage` for every stage, one `model.fit` each
+      finish    save final.keras, evaluate best and final weights on every split
+
+`train` builds the backbone first, so unavailable weights fail before any work.
+Every epoch is committed to the run directory, so an interrupted run resumes after
+its last completed epoch (see `tltk.engine.checkpoint`); a NaN or infinite loss stops
+the run with the weights of the last good epoch kept and evaluated. `config.strategy`
+runs it all in a `tf.distribute` strategy (see `tltk.engine.runtime`).
+
+Example:
+    >>> from tltk.recipes import demo
+    >>> result = train(demo.config().override({"stages.finetune.epochs": 1}))
+    >>> result.metrics.columns.tolist()
+    ['weights', 'split', 'top1', 'topk', 'k']
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import keras
+import pandas as pd
+
+from tltk import data as tltk_data
+from tltk.config import RunConfig
+from tltk.data.core import Dataset
+from tltk.engine import checkpoint, runtime
+from tltk.engine.callbacks import (
+    BestModelSaver,
+    EpochLogger,
+    HistoryWriter,
+    NumericalFault,
+    Trackers,
+)
+from tltk.errors import TltkError
+from tltk.evaluation.metrics import default_k, evaluate_models, format_table, load_model
+from tltk.evaluation.reports import write_run_report
+from tltk.log import log
+from tltk.models.backbones import (
+    BackboneSpec,
+    build_backbone,
+    check_image_size,
+    get_backbone,
+    resolve_unfreeze,
+)
+from tltk.models.heads import build_classifier
+from tltk.rundir import RunDir, save_model, write_csv
+
+
+@dataclass
+class RunResult:
+    """What a run returns: where it lives, its metrics table and the final model."""
+
+    run_dir: Path
+    metrics: pd.DataFrame
+    model: keras.Model
+    config: RunConfig
+
+    @property
+    def history(self) -> pd.DataFrame:
+        return pd.read_csv(self.run_dir / "history.csv")
+
+
+@dataclass
+class Context:
+    """What every stage needs; built once per run by `prepare`.
+
+    `callbacks` go to every stage's `fit` (`trackers` are among them: the history and
+    the best-so-far, whose state each checkpoint saves); more may be appended.
+    """
+
+    config: RunConfig
+    spec: BackboneSpec
+    dataset: Dataset
+    model: keras.Model
+    run: RunDir
+    image_size: int
+    k: int
+    trackers: Trackers
+    callbacks: list
+    log: callable
+    done: list = field(default_factory=list)  # stages a resumed run finished before
+    rolled_back: bool = False  # a numerical fault put back the last committed weights
+    resumed_seconds: float = 0.0  # training time of the current stage before a resume
+
+
+def resolve(config: RunConfig, spec: BackboneSpec, dataset: Dataset) -> RunConfig:
+    """Fill in what the config left open: image size, top-k and the run directory."""
+    size = config.data.image_size or spec.default_size
+    out = config.out or f"runs/{config.recipe}-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return replace(config, data=replace(config.data, image_size=size), out=out,
+                   top_k=config.top_k or default_k(dataset.num_classes))
+
+
+def train(config: RunConfig, verbose: bool = True) -> RunResult:
+    """Run all stages of `config`, evaluate best and final weights, write the run dir.
+
+    When `config.out` holds an unfinished run of the same config, it is resumed after
+    its last committed epoch instead.
+    """
+    config.validate()
+    spec = get_backbone(config.backbone)
+    for stage in config.stages:
+        resolve_unfreeze(spec, stage.unfreeze)  # bad block names fail before any work
+    strategy = runtime.make_strategy(config.strategy)
+    keras.utils.set_random_seed(config.seed)
+    with runtime.precision_policy(config.precision), \
+            runtime.op_determinism(config.deterministic), strategy.scope():
+        return _train(config, spec, log if verbose else (lambda _: None), strategy)
+
+
+def _train(config: RunConfig, spec: BackboneSpec, say, strategy=None) -> RunResult:
+    from tltk.engine.stage import run_stage
+
+    ctx = prepare(config, spec, say, strategy)
+    try:
+        for stage in ctx.config.stages:
+            run_stage(ctx, stage)
+        result = finish(ctx)
+    except NumericalFault as fault:
+        raise _after_fault(ctx, fault) from None
+    except BaseException as exc:
+        _mark_failed(ctx, f"{type(exc).__name__}: {exc}")
+        ctx.run.close()
+        raise
+    end_run(ctx)
+    say(f"report: {write_run_report(ctx.run.path)}")
+    runtime.cleanup(ctx.run, strategy)
+    return result
+
+
+def end_run(ctx: Context) -> None:
+    """Mark a run complete: drop its resume state, release its lock.
+
+    The tuner ends each trial with it without `finish` (trials are compared on
+    validation only).
+    """
+    ctx.run.set_status("complete", finished=time.time())
+    checkpoint.clear(ctx.run)
+    ctx.run.close()
+
+
+def _restore(ctx: Context) -> None:
+    """On a resumed run: restore the end of its last finished stage, which `run_stage`
+    then skips with the ones before it."""
+    if not ctx.run.resumed:
+        return
+    ctx.done = checkpoint.restore_stages(ctx.run, ctx.model, ctx.trackers)
+    if ctx.done:
+        ctx.log(f"resuming: stage(s) {', '.join(ctx.done)} finished before the interruption")
+
+
+def _mark_failed(ctx: Context, reason: str) -> None:
+    try:
+        ctx.run.set_status("failed", error=reason[:500])
+    except (OSError, TltkError):  # a full disk must not hide the original error
+        pass
+
+
+def _after_fault(ctx: Context, fault: NumericalFault) -> NumericalFault:
+    """Evaluate what the run kept (best and last good weights), mark it failed."""
+    kept = ""
+    try:
+        if ctx.rolled_back or ctx.run.file("best.keras").is_file():
+            finish(ctx)
+            kept = f"; kept the best and the last good weights in {ctx.run.path}"
+    finally:
+        _mark_failed(ctx, f"NumericalFault: {fault}")
+        ctx.run.close()
+    return NumericalFault(f"{fault}{kept}")
+
+
+def prepare(config: RunConfig, spec: BackboneSpec, say=log, strategy=None) -> Context:
+    """Load data, build the classifier and create the run directory (no training yet).
+
+    The pieces `train` runs stage by stage; the tuner and the LR finder use them too.
+    """
+    size = config.data.image_size or spec.default_size
+    weights = config.weights if spec.pretrained else "none"
+    check_image_size(spec, size)
+    dataset = tltk_data.load(config.data, seed=config.seed)
+    tltk_data.require_training_splits(dataset)
+    backbone = build_backbone(spec, weights, size)  # unavailable weights fail before training
+    config = resolve(config, spec, dataset)
+    run = RunDir.create(runtime.run_path(config.out, strategy), config.to_yaml())
+    say(f"run {run.path}: {spec.name} ({weights} weights) at {size}px on {dataset.name}: "
+        f"{dataset.num_classes} classes, "
+        + ", ".join(f"{name} {len(s)}" for name, s in dataset.splits.items())
+        + (" (resumed)" if run.resumed else ""))
+    run.write_json("classes.json", dataset.class_names)
+    if dataset.skipped:
+        skipped = pd.DataFrame(dataset.skipped, columns=["path", "reason"])
+        write_csv(run.file("skipped.csv"), skipped)
+        say(f"skipped {len(dataset.skipped)} unreadable files: see {run.file('skipped.csv')}")
+    model = build_classifier(backbone, spec, dataset.num_classes, config.head)
+    trackers = Trackers(HistoryWriter(run), BestModelSaver(model, run))
+    callbacks = [trackers.history, trackers.saver, EpochLogger(say)]
+    ctx = Context(config, spec, dataset, model, run, size, config.top_k, trackers, callbacks,
+                  say)
+    try:
+        _restore(ctx)
+    except BaseException:
+        run.close()
+        raise
+    return ctx
+
+
+def finish(ctx: Context) -> RunResult:
+    """Save the final model, evaluate best and final weights, print the table."""
+    run, model, config = ctx.run, ctx.model, ctx.config
+    saver = ctx.trackers.saver
+    save_model(model, run.file("final.keras"))
+    if not run.file("best.keras").is_file():  # no validation improvement was ever seen
+        save_model(model, run.file("best.keras"))
+    best = load_model(run.file("best.keras"))
+    metrics = evaluate_models({"best": best, "final": model}, ctx.dataset, run, ctx.image_size,
+                              config.batch_size, ctx.k, config.data.resize)
+    ctx.log(f"best weights: epoch {saver.best_epoch + 1} of {saver.epochs_seen}, stage "
+            f"{saver.best_stage} (val top-1 {100 * saver.best:.2f}%)")
+    ctx.log(format_table(metrics))
+    return RunResult(run.path, metrics, model, config)

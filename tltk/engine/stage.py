@@ -1,0 +1,324 @@
+"""One stage: freeze or unfreeze blocks, choose images or cached features, and fit.
+
+A stage is a `StageConfig` (data). `run_stage` decides, in this order:
+1. which backbone blocks train (`set_trainable`; BatchNorm stays in inference mode);
+2. whether to train on cached features (`_use_cache`): the head alone on pooled
+   features of a frozen backbone, the top blocks on cached activations of the frozen
+   part below them, or the whole classifier on images;
+3. the optimizer and loss it recompiles with (`_compile`);
+4. the `model.fit` that continues after the stage's last committed epoch (`_fit`).
+
+A new kind of stage (a new field of `StageConfig`) is read here.
+
+Example::
+
+    ctx = tltk.engine.prepare(config, spec)
+    for stage in ctx.config.stages:
+        run_stage(ctx, stage)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tltk.config import StageConfig
+from tltk.data.core import images_fit_in_memory, make_pipeline
+from tltk.engine import checkpoint, streams
+from tltk.engine.callbacks import NonFiniteLossGuard, NumericalFault
+from tltk.engine.features import FeatureCache, cache_bytes
+from tltk.engine.run import Context
+from tltk.errors import TltkError
+from tltk.models.backbones import (
+    block_layers,
+    resolve_unfreeze,
+    set_trainable,
+    weights_checksum,
+)
+from tltk.models.heads import backbone_of, split_at_blocks
+from tltk.optim import discriminative
+from tltk.optim.schedules import make_lr
+
+# Cached features must fit in memory beside the model on a modest (24 GB) machine.
+CACHE_BUDGET_BYTES = 6e9
+# Shuffle buffer of a training image stream (decoded images are held in it).
+SHUFFLE_BUFFER = 10_000
+
+
+def run_stage(ctx: Context, stage: StageConfig) -> None:
+    """Freeze/unfreeze blocks, recompile with the stage's optimizer, and fit.
+
+    A stage a resumed run finished before (`ctx.done`) is skipped; a stage it was in
+    the middle of continues after its last committed epoch.
+    """
+    if stage.name in ctx.done:
+        return
+    backbone = backbone_of(ctx.model)
+    blocks = set_trainable(backbone, ctx.spec, stage.unfreeze)
+    freeze_head_batchnorm(ctx.model, frozen=bool(blocks) and ctx.spec.pretrained)
+    cache = _use_cache(ctx, stage, blocks)
+    trainable = sum(int(np.prod(w.shape)) for w in ctx.model.trainable_weights)
+    where = {None: "", "pooled": "; head on cached features",
+             "activations": "; trainable part on cached activations"}[cache]
+    ctx.log(f"stage {stage.name}: {stage.epochs} epochs, {_describe_blocks(blocks, ctx.spec)}, "
+            f"{trainable:,} trainable weights; recompiling with {_describe_optimizer(stage)}"
+            + where)
+    for cb in ctx.callbacks:
+        cb.stage = stage.name
+    started, ctx.resumed_seconds = time.time(), 0.0
+    if cache:
+        fitted = _fit_on_features(ctx, stage, [] if cache == "pooled" else blocks)
+    else:
+        fitted = _fit_on_images(ctx, stage)
+    seconds = ctx.resumed_seconds + time.time() - started
+    _record_stage(ctx, stage, blocks, cache, fitted.optimizer, seconds)
+
+
+def freeze_head_batchnorm(model: keras.Model, frozen: bool) -> None:
+    """While backbone blocks are tuned, the head's BatchNorm keeps its statistics too.
+
+    Its moving statistics were learned on the bottleneck features; if it renormalised
+    with batch statistics while those features drift, training mode and inference
+    mode would disagree. Frozen, every BatchNorm runs in inference mode and train and
+    eval see the same network.
+    """
+    for layer in model.get_layer("head").layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = not frozen
+
+
+def _use_cache(ctx: Context, stage: StageConfig, blocks) -> str | None:
+    """None (train on images), 'pooled' (frozen backbone) or 'activations' (top blocks).
+
+    Caching is exact because everything below the cut is frozen and in inference mode.
+    By default only frozen stages cache; a tuning stage caches when it asks to.
+    """
+    frozen = ctx.spec.pretrained and not blocks
+    wanted = frozen if stage.cache_features is None else stage.cache_features
+    if not wanted:
+        return None
+    if frozen:
+        return "pooled"
+    if not ctx.spec.pretrained or resolve_unfreeze(ctx.spec, stage.unfreeze) == "all":
+        raise TltkError(f"stage '{stage.name}': cache_features needs a frozen part below "
+                        "the trained blocks; unfreeze fewer blocks or set cache_features false")
+    return "activations"
+
+
+def _record_stage(ctx, stage, blocks, cached, optimizer, seconds) -> None:
+    """Append what the stage really ran with to run.json (the optimizer switch shows),
+    with the weights a resume restarts from."""
+    entry = {"name": stage.name, "optimizer": type(optimizer).__name__,
+             "momentum": float(getattr(optimizer, "momentum", 0.0) or 0.0),
+             "trainable_blocks": blocks, "cached_features": cached, "mixup": stage.mixup,
+             "epochs": stage.epochs, "seconds": round(seconds, 1)}
+    checkpoint.complete_stage(ctx.run, stage.name, ctx.model, ctx.trackers, entry)
+
+
+def _describe_blocks(blocks, spec) -> str:
+    if not spec.pretrained:
+        return "training from scratch"
+    if not blocks:
+        return "backbone frozen"
+    if len(blocks) == len(spec.blocks):
+        return "all blocks trainable"
+    return f"trainable blocks {', '.join(blocks)}"
+
+
+def _describe_optimizer(stage: StageConfig) -> str:
+    text = f"{stage.optimizer} lr={stage.lr:g}"
+    if stage.optimizer in ("sgd", "rmsprop"):
+        text += f" momentum={stage.momentum:g}"
+    if stage.lr_steps:
+        text += " steps " + ", ".join(f"epoch {e}: {lr:g}" for e, lr in stage.lr_steps)
+    if stage.schedule != "constant":
+        text += f" {stage.schedule} schedule"
+    if stage.warmup_epochs:
+        text += f" after {stage.warmup_epochs} warm-up epochs"
+    if stage.block_lr_decay is not None:
+        text += f", x{stage.block_lr_decay:g} per block down"
+    if stage.head_lr_mult != 1.0:
+        text += f", head x{stage.head_lr_mult:g}"
+    if stage.clipnorm is not None:
+        text += f", gradient norm clipped at {stage.clipnorm:g}"
+    if stage.mixup:
+        text += f", mixup alpha={stage.mixup:g}"
+    return text
+
+
+def stage_optimizer(ctx: Context, model: keras.Model, stage: StageConfig,
+                   steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """The stage's optimizer: its schedule, and per-block rates when it asks for them."""
+    base = backbone_of(ctx.model)
+    groups = block_layers(base, ctx.spec) if stage.block_lr_decay is not None else None
+    lr = make_lr(stage, steps_per_epoch)
+    return discriminative.make_optimizer(stage, model, lr, groups, base)
+
+
+def _compile(ctx: Context, model: keras.Model, stage: StageConfig, steps: int) -> None:
+    # Mixup's labels are mixed one-hot vectors, so its stages use the categorical forms.
+    if stage.mixup:
+        loss, metrics = "categorical_crossentropy", [
+            keras.metrics.CategoricalAccuracy(name="top1"),
+            keras.metrics.TopKCategoricalAccuracy(ctx.k, name="topk")]
+    else:
+        loss, metrics = "sparse_categorical_crossentropy", [
+            keras.metrics.SparseCategoricalAccuracy(name="top1"),
+            keras.metrics.SparseTopKCategoricalAccuracy(ctx.k, name="topk")]
+    model.compile(optimizer=stage_optimizer(ctx, model, stage, steps), loss=loss,
+                  metrics=metrics, jit_compile=ctx.config.jit)
+
+
+def _mixer(ctx: Context, stage: StageConfig):
+    """The stage's mixup as `(images, labels, seed) -> (images, one-hot labels)`, or None."""
+    if not stage.mixup:
+        return None
+    from tltk.data.mixup import mix_batch
+
+    classes, alpha = ctx.dataset.num_classes, stage.mixup
+    return lambda x, y, seed: mix_batch(tf.cast(x, tf.float32), y, classes, alpha, seed)
+
+
+def _validation(ctx: Context, stage: StageConfig, val_ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Validation batches with labels in the form the stage's loss expects."""
+    if not stage.mixup:
+        return val_ds
+    classes = ctx.dataset.num_classes
+    return val_ds.map(lambda x, y: (x, tf.one_hot(tf.cast(y, tf.int32), classes)))
+
+
+def class_weights(ctx: Context) -> dict | None:
+    """'balanced' weights: n / (classes x count), as scikit-learn defines them."""
+    if ctx.config.data.class_weight != "balanced":
+        return None
+    labels = ctx.dataset.splits["train"].labels
+    counts = np.bincount(labels, minlength=ctx.dataset.num_classes)
+    return {c: len(labels) / (len(counts) * max(n, 1)) for c, n in enumerate(counts)}
+
+
+def _augmenter(ctx: Context, stage: StageConfig, seed: int):
+    """The stage's augmentation as `(images, batch seed) -> images`, or None."""
+    if not stage.augment:
+        return None
+    from tltk.data.augment import RandomAffine
+
+    return streams.seeded_augment(RandomAffine(**vars(ctx.config.augment), seed=seed))
+
+
+def _fit(ctx: Context, stage: StageConfig, fitted: keras.Model, steps: int, make_train,
+         val_ds, frozen: str | None = None) -> keras.Model:
+    """Compile `fitted`, continue after the stage's last committed epoch, fit the rest.
+
+    `make_train(first)` returns the training batches of epochs `first`.. of the stage.
+    """
+    _compile(ctx, fitted, stage, steps)
+    trackers = ctx.trackers
+    state = checkpoint.restore_epoch(ctx.run, stage.name, fitted, ctx.model, trackers, frozen)
+    first = state["epochs_done"] if state else 0
+    if state:
+        ctx.resumed_seconds = state["seconds"]
+        ctx.log(f"  resuming stage {stage.name} after epoch {first} of {stage.epochs}")
+    if first >= stage.epochs:
+        return fitted
+    commit = checkpoint.EpochCheckpoint(ctx.run, stage.name, ctx.model, trackers,
+                                        ctx.resumed_seconds, frozen)
+    guard = NonFiniteLossGuard(stage.name, fix=f"lower stages.{stage.name}.lr (now {stage.lr:g}) "
+                               f"or set stages.{stage.name}.clipnorm (e.g. 1.0) in a --config YAML")
+    trackers.saver.deferred = True  # best.keras follows the epoch's commit
+    try:
+        fitted.fit(make_train(first), validation_data=_validation(ctx, stage, val_ds),
+                   epochs=stage.epochs,
+                   initial_epoch=first, steps_per_epoch=steps, verbose=0, shuffle=False,
+                   callbacks=[*ctx.callbacks, commit, guard],
+                   class_weight=class_weights(ctx))
+    except NumericalFault:
+        ctx.rolled_back = checkpoint.rollback(ctx.run, stage.name, fitted, ctx.model)
+        raise
+    finally:
+        trackers.saver.deferred = False
+    return fitted
+
+
+def _fit_on_images(ctx: Context, stage: StageConfig) -> keras.Model:
+    cfg = ctx.config
+    train = ctx.dataset.splits["train"]
+    steps = math.ceil(len(train) / cfg.batch_size)
+    fits = images_fit_in_memory(len(train), ctx.image_size)
+    # Decoded, resized and cached once; every epoch then shuffles with its own seed.
+    examples = make_pipeline(train, ctx.image_size, cfg.batch_size, training=False,
+                             seed=cfg.seed, resize_policy=cfg.data.resize,
+                             cache=cfg.data.cache_images and fits).unbatch()
+    # Pixels are whole 0..255 levels: as uint8 the shuffle buffer takes a quarter of the
+    # memory, and the augmenter warps uint8 batches (it returns float32).
+    examples = examples.map(lambda x, y: (tf.cast(x, tf.uint8), y))
+    augment = _augmenter(ctx, stage, cfg.seed) or (lambda x, _: tf.cast(x, tf.float32))
+    val_ds = make_pipeline(ctx.dataset.splits["val"], ctx.image_size, cfg.batch_size,
+                           training=False, seed=cfg.seed, resize_policy=cfg.data.resize,
+                           cache=cfg.data.cache_images and fits)
+
+    def make_train(first: int) -> tf.data.Dataset:
+        return streams.epoch_stream(examples, len(train), cfg.batch_size, cfg.seed, first,
+                                   stage.epochs, min(len(train), SHUFFLE_BUFFER), augment,
+                                   _mixer(ctx, stage))
+
+    return _fit(ctx, stage, ctx.model, steps, make_train, val_ds)
+
+
+def _fit_on_features(ctx: Context, stage: StageConfig, blocks: list[str]) -> keras.Model:
+    """Fit the part above the frozen cut on cached features of K augmented views."""
+    cfg = ctx.config
+    lower, upper, cut = split_at_blocks(ctx.model, ctx.spec, blocks)
+    views = stage.feature_views if stage.augment else 1
+    need = cache_bytes(lower.output_shape[1:], len(ctx.dataset.splits["train"]), views)
+    if need > CACHE_BUDGET_BYTES:
+        ctx.log(f"  cached activations would need {need / 1e9:.1f} GB (budget "
+                f"{CACHE_BUDGET_BYTES / 1e9:.0f} GB): training on images instead")
+        return _fit_on_images(ctx, stage)
+    frozen = weights_checksum(lower)
+    train = _features(ctx, stage, lower, cut, frozen, "train", views)
+    val = _features(ctx, stage, lower, cut, frozen, "val", 1)[0]
+    n = train.shape[1]
+    labels = ctx.dataset.splits["train"].labels
+    steps = math.ceil(n / cfg.batch_size)
+    flat = train.reshape(-1, *train.shape[2:])
+    examples = tf.data.Dataset.from_tensor_slices((flat, np.tile(labels, views)))
+    val_ds = tf.data.Dataset.from_tensor_slices((val, ctx.dataset.splits["val"].labels))
+
+    def make_train(first: int) -> tf.data.Dataset:
+        # Every epoch draws n samples from all views, so an epoch means the same as on images.
+        return streams.epoch_stream(examples, n, cfg.batch_size, cfg.seed, first, stage.epochs,
+                                   n * views, mix=_mixer(ctx, stage))
+
+    return _fit(ctx, stage, upper, steps, make_train, val_ds.batch(cfg.batch_size), frozen)
+
+
+def _features(ctx: Context, stage: StageConfig, lower: keras.Model, cut: str, checksum: str,
+              split: str, views: int) -> np.ndarray:
+    cfg = ctx.config
+    # "draws" marks per-batch seeded augmentation: caches of older versions differ.
+    key = {"backbone": ctx.spec.name, "cut": cut, "weights": checksum,
+           "image_size": ctx.image_size, "preprocess": ctx.spec.preprocess,
+           "resize": cfg.data.resize, "augment": vars(cfg.augment),
+           # Only augmented views depend on the seed; plain features are shared by seeds.
+           "seed": cfg.seed if views > 1 else None, "draws": "per-batch"}
+
+    def make_inputs(view: int):
+        ds = make_pipeline(ctx.dataset.splits[split], ctx.image_size, cfg.batch_size,
+                           training=False, seed=cfg.seed, resize_policy=cfg.data.resize,
+                           cache=False)
+        augment = _augmenter(ctx, stage, cfg.seed + view) if view else None
+        if augment is None:
+            return ds.map(lambda x, y: x)
+        view_seed = streams.epoch_seed(cfg.seed, view)
+        return ds.enumerate().map(
+            lambda i, xy: augment(tf.cast(xy[0], tf.uint8),
+                                  tf.stack([tf.constant(view_seed, tf.int64), i])),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    cache = FeatureCache(cfg.cache_dir)
+    return cache.get(lower, ctx.dataset.splits[split], key, make_inputs, views,
+                     desc=f"features {split}")

@@ -1,0 +1,134 @@
+"""Top-1 / top-k evaluation of best and final weights on every split.
+
+k is 5, or 2 when there are 5 classes or fewer (top-5 of 5 classes is always 100 %).
+
+Example:
+    >>> topk_accuracy(np.array([[.1, .7, .2], [.5, .3, .2]]), np.array([2, 0]), k=2)
+    1.0
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from tltk.data.core import Dataset, make_pipeline
+from tltk.rundir import RunDir, write_csv, write_npz
+
+WEIGHTS = ("best", "final")
+
+
+def default_k(num_classes: int) -> int:
+    return 2 if num_classes <= 5 else 5
+
+
+def topk_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Fraction of rows whose label is among the k highest probabilities.
+
+    Ties are broken towards the lower class index, as `np.argsort` is stable.
+    """
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return float(np.mean(np.any(order == labels[:, None], axis=1)))
+
+
+def predict_split(model, dataset: Dataset, split: str, image_size: int, batch_size: int,
+                  resize_policy: str = "stretch") -> np.ndarray:
+    """Class probabilities for every example of a split, in order."""
+    ds = make_pipeline(dataset.splits[split], image_size, batch_size, training=False, seed=0,
+                       resize_policy=resize_policy, cache=False)
+    return model.predict(ds.map(lambda x, y: x), verbose=0)
+
+
+def metrics_rows(weights: str, split: str, probs: np.ndarray, labels: np.ndarray,
+                 k: int) -> dict:
+    return {"weights": weights, "split": split,
+            "top1": round(100 * topk_accuracy(probs, labels, 1), 2),
+            "topk": round(100 * topk_accuracy(probs, labels, k), 2), "k": k}
+
+
+def evaluate_models(models: dict, dataset: Dataset, run: RunDir, image_size: int,
+                    batch_size: int, k: int, resize_policy: str = "stretch",
+                    write: bool = True) -> pd.DataFrame:
+    """Evaluate {"best": model, "final": model} on every eval split.
+
+    With `write`, the table goes to metrics.csv and predictions to
+    `predictions/<weights>-<split>.npz` (for reports and ensembles).
+    """
+    rows = []
+    for weights, model in models.items():
+        for split in dataset.eval_splits():
+            data = dataset.splits[split]
+            probs = predict_split(model, dataset, split, image_size, batch_size, resize_policy)
+            arrays = {"probs": probs.astype(np.float32), "labels": data.labels}
+            if data.paths is not None:
+                arrays["paths"] = np.asarray(data.paths)
+            if write:
+                write_npz(run.file("predictions") / f"{weights}-{split}.npz", **arrays)
+            rows.append(metrics_rows(weights, split, probs, data.labels, k))
+    table = pd.DataFrame(rows, columns=["weights", "split", "top1", "topk", "k"])
+    if write:
+        write_csv(run.file("metrics.csv"), table)
+    return table
+
+
+def format_table(metrics: pd.DataFrame) -> str:
+    """The thesis's layout: rows = weights, columns = split x {top-1, top-k}."""
+    k = int(metrics["k"].iloc[0])
+    wide = metrics.pivot(index="weights", columns="split", values=["top1", "topk"])
+    splits = list(dict.fromkeys(metrics["split"]))
+    header = f"{'weights':<8}" + "".join(f"{s + ' top-1':>13}{s + f' top-{k}':>13}"
+                                         for s in splits)
+    lines = [header]
+    for weights in dict.fromkeys(metrics["weights"]):
+        cells = "".join(f"{wide.loc[weights, ('top1', s)]:>12.2f}%"
+                        f"{wide.loc[weights, ('topk', s)]:>12.2f}%" for s in splits)
+        lines.append(f"{weights:<8}{cells}")
+    return "\n".join(lines)
+
+
+def evaluate_run(run_dir, which: str = "both") -> pd.DataFrame:
+    """Reload a run's saved models and its data, re-evaluate, print and return the table.
+
+    The run's own metrics.csv is left as it is: this is a check, not a rewrite.
+    """
+    import keras
+
+    from tltk import data as tltk_data
+    from tltk.config import RunConfig
+    from tltk.rundir import open_run
+
+    run = open_run(run_dir)
+    config = RunConfig.load(run.file("config.yaml"))
+    dataset = tltk_data.load(config.data, seed=config.seed)
+    names = WEIGHTS if which == "both" else (which,)
+    models = {w: load_model(run.file(f"{w}.keras")) for w in names}
+    size = next(iter(models.values())).input_shape[1]
+    k = config.top_k or default_k(dataset.num_classes)
+    table = evaluate_models(models, dataset, run, size, config.batch_size, k,
+                            config.data.resize, write=False)
+    print(format_table(table))
+    keras.backend.clear_session()
+    return table
+
+
+def load_model(path):
+    """Load a tltk `.keras` model in Keras safe mode (custom layers registered first)."""
+    import keras
+
+    # Importing these registers tltk's serialisable layers, schedules and optimizers.
+    import tltk.data.augment  # noqa: F401
+    import tltk.models.preprocessing  # noqa: F401
+    import tltk.optim.discriminative  # noqa: F401
+    import tltk.optim.schedules  # noqa: F401
+    from tltk.errors import TltkError
+
+    if not path.is_file():
+        raise TltkError(f"RUN: model file not found: {path}; is the run finished?")
+    # compile=False: evaluation and inference need no optimizer. A head trained on
+    # cached features was compiled on its own, so the file still holds that optimizer's
+    # state, which Keras reports it skips; nothing here uses it.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        return keras.saving.load_model(path, safe_mode=True, compile=False)

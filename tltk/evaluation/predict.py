@@ -1,0 +1,173 @@
+"""Using a finished run: load its model and predict on image files.
+
+A saved tltk model takes raw RGB 0..255 at its own input size and outputs softmax
+probabilities, so prediction is: decode, resize (the run's resize policy, stretch by
+default), `model.predict`. Models load in Keras safe mode
+(`tltk.evaluation.metrics.load_model`).
+
+Example::
+
+    results = predict_files("runs/flowers", ["photos/"], top=2)
+    print(format_predictions(results, "table"))
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+import yaml
+from PIL import Image, UnidentifiedImageError
+
+from tltk.data.core import decode_image_file, prepare_image
+from tltk.data.folder import list_images
+from tltk.errors import TltkError
+from tltk.evaluation.metrics import load_model
+from tltk.rundir import RunDir, open_run
+
+WEIGHTS = ("best", "final")
+EXPORT_FORMATS = ("keras", "savedmodel", "tflite")
+OUTPUT_FORMATS = ("table", "json", "csv")
+
+
+def load_run_model(run_dir: str | Path, weights: str = "best"):
+    """A run's `best.keras` or `final.keras`, loaded in safe mode."""
+    if weights not in WEIGHTS:
+        raise TltkError(f"--weights: '{weights}' is not one of {', '.join(WEIGHTS)}")
+    return load_model(open_run(run_dir).file(f"{weights}.keras"))
+
+
+def input_size(model) -> int:
+    """The square input size a model was built for, from its input shape."""
+    shape = model.input_shape
+    if shape[1] is None or shape[1] != shape[2]:
+        raise TltkError(f"model input shape {shape} is not a fixed square size; "
+                        "tltk models take (S, S, 3)")
+    return int(shape[1])
+
+
+def resize_policy(run: RunDir) -> str:
+    """The run's `data.resize` (stretch | crop | pad), so images match what it trained on."""
+    config = yaml.safe_load(run.file("config.yaml").read_text()) or {}
+    return (config.get("data") or {}).get("resize") or "stretch"
+
+
+def expand_inputs(items) -> list[Path]:
+    """Files as given, folders expanded recursively to their image files (sorted); a file
+    reached twice (named and inside a named folder) is kept once, where first seen."""
+    found: dict[Path, Path] = {}
+    for item in items:
+        path = Path(item).expanduser()
+        for file in list_images(path) if path.is_dir() else [path]:
+            found.setdefault(file.resolve(), file)
+    paths = list(found.values())
+    if not paths:
+        raise TltkError(f"IMAGE_OR_FOLDER: no image files found in {', '.join(map(str, items))}")
+    return paths
+
+
+def read_image(path: str | Path, size: int, policy: str = "stretch") -> np.ndarray:
+    """Decode an image file to RGB and resize it to size x size; whole float32 0..255.
+
+    TensorFlow decodes what training decoded (JPEG, PNG, GIF, BMP); other formats
+    Pillow can read (WebP, TIFF) are decoded by Pillow. Raises `ValueError` with a
+    short reason for missing or undecodable files.
+    """
+    path = Path(str(path))
+    if not path.is_file():
+        raise ValueError("file not found")
+    try:
+        image = decode_image_file(tf.constant(str(path)))
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
+        image = _decode_with_pillow(path)
+    # The same preparation as `make_pipeline`: a prediction sees the pixels evaluation saw.
+    return tf.cast(prepare_image(image, size, policy), tf.float32).numpy()
+
+
+def _decode_with_pillow(path: Path) -> tf.Tensor:
+    try:
+        with Image.open(path) as image:
+            return tf.constant(np.asarray(image.convert("RGB")))
+    except (UnidentifiedImageError, OSError):
+        raise ValueError("not a readable image") from None
+
+
+def predict_images(model, paths: list[Path], policy: str = "stretch", batch_size: int = 32):
+    """Probabilities for every readable image; returns (probs [n, C], kept paths, errors).
+
+    `errors` lists (path, reason) for files that could not be read; they are skipped.
+    """
+    size = input_size(model)
+    kept, errors, batches, batch = [], [], [], []
+    for path in paths:
+        try:
+            batch.append(read_image(path, size, policy))
+            kept.append(path)
+        except ValueError as exc:
+            errors.append((path, str(exc)))
+        if len(batch) == batch_size:
+            batches.append(model.predict_on_batch(np.stack(batch)))
+            batch = []
+    if batch:
+        batches.append(model.predict_on_batch(np.stack(batch)))
+    probs = np.concatenate(batches) if batches else np.zeros((0, model.output_shape[-1]))
+    return np.asarray(probs, dtype=np.float32), kept, errors
+
+
+def predict_files(run_dir: str | Path, items, top: int = 5, weights: str = "best",
+                  batch_size: int = 32) -> list[dict]:
+    """Top-`top` labels for each image (folders expanded), in input order.
+
+    Each result is `{"path", "predictions": [{"label", "probability"}, ...]}` or, for a
+    file that could not be read, `{"path", "error"}`.
+    """
+    run = open_run(run_dir)
+    if top < 1:
+        raise TltkError(f"--top: must be 1 or more, got {top}")
+    model = load_run_model(run.path, weights)
+    class_names = run.class_names()
+    paths = expand_inputs(items)
+    probs, kept, errors = predict_images(model, paths, resize_policy(run), batch_size)
+    results = {}
+    for path, row in zip(kept, probs):
+        order = np.argsort(-row, kind="stable")[:top]
+        results[path] = {"path": str(path), "predictions": [
+            {"label": class_names[i], "probability": float(row[i])} for i in order]}
+    for path, reason in errors:
+        results[path] = {"path": str(path), "error": reason}
+    return [results[path] for path in paths]
+
+
+def format_predictions(results: list[dict], fmt: str = "table") -> str:
+    """Render `predict_files` results as an aligned text table, JSON or CSV."""
+    if fmt == "json":
+        return json.dumps(results, indent=2)
+    rows = [{"path": r["path"], "rank": rank, "label": p["label"],
+             "probability": round(p["probability"], 6), "error": ""}
+            for r in results for rank, p in enumerate(r.get("predictions", []), start=1)]
+    rows += [{"path": r["path"], "rank": "", "label": "", "probability": "", "error": r["error"]}
+             for r in results if "error" in r]
+    if fmt == "csv":
+        return pd.DataFrame(rows, columns=["path", "rank", "label", "probability",
+                                           "error"]).to_csv(index=False).rstrip("\n")
+    if fmt != "table":
+        raise TltkError(f"--format: '{fmt}' is not one of {', '.join(OUTPUT_FORMATS)}")
+    return _text_table(results)
+
+
+def _text_table(results: list[dict]) -> str:
+    width = max((len(p["label"]) for r in results for p in r.get("predictions", [])),
+                default=5)
+    lines = []
+    for result in results:
+        lines.append(result["path"])
+        if "error" in result:
+            lines.append(f"  error: {result['error']}")
+        for rank, pred in enumerate(result.get("predictions", []), start=1):
+            lines.append(f"  {rank}. {pred['label']:<{width}} {100 * pred['probability']:6.2f}%")
+    return "\n".join(lines)
+
+

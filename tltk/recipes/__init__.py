@@ -1,0 +1,119 @@
+"""Recipes: importable modules that declare a run's data, head, augmentation and
+stages as data, each exposing `config()` and `run(**overrides)`.
+
+Example:
+    >>> from tltk.recipes import flowers
+    >>> result = flowers.run(backbone="mobilenetv2", data={"path": "photos/"})
+    >>> result.metrics
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from tltk.errors import TltkError
+from tltk.registry import Registry
+
+# Module names under `recipes`, keyed by the name users type (`tltk train NAME`).
+RECIPES = Registry("RECIPE", {name: name for name in
+                             ("demo", "folder", "flowers", "dogs", "baseline")})
+
+
+def get_recipe(name: str) -> ModuleType:
+    """The recipe module registered as `name`; a one-line error suggests close names."""
+    return importlib.import_module(f"tltk.recipes.{RECIPES.get(name)}")
+
+
+def expand_overrides(overrides: dict) -> dict:
+    """Turn `run()` keyword overrides into dotted config keys.
+
+    Nested dicts address sub-configs: `data={"path": "x"}` -> `{"data.path": "x"}`;
+    `epochs_head` / `epochs_finetune` set the epochs of the frozen / tuning stages.
+    """
+    out = {}
+    for key, value in overrides.items():
+        if isinstance(value, dict) and key != "schedule_args":
+            out.update({f"{key}.{k}": v for k, v in expand_overrides(value).items()})
+        else:
+            out[key] = value
+    return out
+
+
+def set_stage_epochs(config, epochs_head=None, epochs_finetune=None):
+    """Set the epochs of the first stage and of every later stage (None: keep)."""
+    for i, stage in enumerate(config.stages):
+        epochs = epochs_head if i == 0 else epochs_finetune
+        if epochs is not None:
+            stage.epochs = epochs
+    return config
+
+
+def base_config(recipe: str | None, config_file: str | None = None):
+    """The config a command starts from: `--config FILE` if given, else RECIPE's.
+
+    Example:
+        >>> base_config("demo").recipe
+        'demo'
+    """
+    from tltk.config import RunConfig
+
+    if recipe is not None:
+        get_recipe(recipe)  # an unknown RECIPE fails even when --config is given
+    if config_file:
+        return RunConfig.load(config_file)
+    if recipe is None:
+        raise TltkError("RECIPE: missing; give a recipe (see `tltk recipes`) or --config FILE")
+    return get_recipe(recipe).config()
+
+
+def configure(base, overrides: dict | None = None, sets=(), epochs_head=None,
+              epochs_finetune=None, cache_features=None, mixup=None):
+    """A command's config: `base`, then dotted `overrides`, `--set` pairs, stage epochs,
+    `cache_features` (on the stages whose backbone is frozen) and `mixup` (every stage).
+
+    Example:
+        >>> cfg = configure(base_config("demo"), {"seed": 3}, ["batch_size=8"], epochs_head=2)
+        >>> cfg.seed, cfg.batch_size, cfg.stages[0].epochs
+        (3, 8, 2)
+    """
+    from tltk.config import parse_set_pairs
+    from tltk.models.backbones import get_backbone, resolve_unfreeze
+
+    config = base.override(overrides or {}).override(parse_set_pairs(sets))
+    config = set_stage_epochs(config, epochs_head, epochs_finetune)
+    if cache_features is not None:
+        spec = get_backbone(config.backbone)
+        for stage in config.stages:
+            if resolve_unfreeze(spec, stage.unfreeze) == []:
+                stage.cache_features = cache_features
+    if mixup is not None:
+        for stage in config.stages:
+            stage.mixup = mixup
+    return config
+
+
+def run_config(base, overrides: dict):
+    """Apply `run(**overrides)` to a recipe's base config.
+
+    `epochs_head` sets the first stage's epochs and `epochs_finetune` every later one's.
+    """
+    head = overrides.pop("epochs_head", None)
+    finetune = overrides.pop("epochs_finetune", None)
+    return set_stage_epochs(base.override(expand_overrides(overrides)), head, finetune)
+
+
+def train_recipe(base, overrides: dict):
+    """Train `base` with `run(**overrides)` applied; returns a `tltk.engine.RunResult`."""
+    from tltk.engine import train
+
+    return train(run_config(base, dict(overrides)))
+
+
+def recipe_table() -> str:
+    """One line per recipe, for `tltk recipes`."""
+    lines = []
+    for name in RECIPES:
+        module = get_recipe(name)
+        lines.append(f"{name:<10}{module.SUMMARY}")
+    return "\n".join(lines)

@@ -1,0 +1,44 @@
+"""`folder`: transfer learning on your own class-per-subfolder photos.
+
+Images are split stratified 70/15/15 (seeded) unless the folder already has
+`train/`, `val/` (and `test/`) subfolders. Two stages:
+
+1. `bottleneck`: the head on cached features of the frozen backbone (Adam 1e-3);
+2. `finetune`: the whole backbone at Adam 1e-5, every BatchNorm in inference mode,
+   with live augmentation.
+
+Why these settings (measured on flowers-128 with the dog-tuned MobileNetV2 weights in
+`../shared`, 160 px, 2 CPU cores): the head peaks after a few epochs and then overfits
+its cached features, so the stage is short. SGD with momentum 0.9 (the thesis's
+fine-tuning optimizer, kept by the `flowers` and `dogs` recipes) did not pay off here:
+at 1e-3 on the top one or four blocks validation top-1 stayed at 68-69 % against 70 %
+after the bottleneck (unclipped it collapsed to one class); on the whole network at
+2e-4 with the gradient norm clipped at 1 it touched 70.1 % and fell back. Adam at 1e-5
+on the whole network rose steadily: 70.0 % -> 71.5 % validation (72.6 % test) in six
+epochs, still rising.
+
+Example:
+    >>> from tltk.recipes import folder
+    >>> result = folder.run(data={"path": "../shared/data/flowers-128"},
+    ...                     backbone="mobilenetv2", weights="mnv2.weights.h5")
+"""
+
+from tltk.config import DataConfig, RunConfig, StageConfig
+from tltk.recipes import train_recipe
+
+SUMMARY = "your own photos (one subfolder per class): bottleneck, then whole-net Adam 1e-5"
+
+
+def config() -> RunConfig:
+    return RunConfig(
+        recipe="folder", backbone="mobilenetv2", weights="imagenet",
+        data=DataConfig(dataset="folder"),
+        stages=[
+            StageConfig("bottleneck", epochs=6, optimizer="adam", lr=1e-3, unfreeze=0),
+            StageConfig("finetune", epochs=8, optimizer="adam", lr=1e-5, unfreeze="all"),
+        ])
+
+
+def run(base: RunConfig | None = None, **overrides):
+    """Train this recipe (or `base`, a config built from it) with keyword overrides."""
+    return train_recipe(base or config(), overrides)
