@@ -117,6 +117,8 @@ class StageConfig:
     label_smoothing: float = 0.0
     # BatchNorm of the trainable blocks: frozen (inference mode, ImageNet statistics) or
     # train (batch statistics, moving statistics updated, as fastai's fine_tune does).
+    # Only trainable blocks are affected: on a frozen backbone it changes nothing, so a
+    # sweep or a tuner may vary `unfreeze` down to 0 with it set.
     batchnorm: str = "frozen"
     # Exponential moving average of the trained weights (Keras's optimizer `use_ema`),
     # with this decay, e.g. 0.999; evaluated as the `ema` weights. None: off.
@@ -147,10 +149,6 @@ class StageConfig:
         if self.batchnorm not in BATCHNORM_MODES:
             raise TltkError(f"{where}: batchnorm must be {' or '.join(BATCHNORM_MODES)} "
                             f"(got {self.batchnorm!r})")
-        if self.batchnorm == "train" and self.unfreeze in (0, []):
-            raise TltkError(f"{where}: batchnorm: train only affects trainable blocks, and "
-                            "this stage's backbone is frozen (unfreeze: 0); set unfreeze or "
-                            "batchnorm: frozen")
         if self.ema is not None and not 0 < self.ema < 1:
             raise TltkError(f"{where}: ema is a decay in (0, 1) such as 0.999, or unset "
                             f"(got {self.ema:g})")

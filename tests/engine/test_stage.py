@@ -90,9 +90,7 @@ def test_batchnorm_mode_moves_or_keeps_the_moving_statistics(tmp_path, tiny_bn_b
     assert entry["cached_features"] == ("activations" if cache else None)
 
 
-def test_batchnorm_train_on_a_frozen_backbone_is_a_one_line_error():
-    with pytest.raises(TltkError, match="batchnorm: train only affects trainable blocks"):
-        StageConfig("head", epochs=1, unfreeze=0, batchnorm="train").validate()
+def test_bad_stage_option_values_are_one_line_errors():
     with pytest.raises(TltkError, match="batchnorm must be frozen or train"):
         StageConfig("ft", epochs=1, unfreeze=1, batchnorm="on").validate()
     with pytest.raises(TltkError, match="label_smoothing must lie in"):
@@ -155,3 +153,34 @@ def test_randaugment_policy_trains_and_is_recorded(tmp_path, tiny_backbone):
     assert np.isfinite(result.history["loss"]).all()
     with pytest.raises(TltkError, match="augment_policy must be affine or randaugment"):
         RunConfig(stages=[stage], augment_policy="autoaugment").validate()
+
+
+def test_new_fields_flow_through_yaml_set_the_tuner_and_the_sweep(tmp_path):
+    import keras_tuner
+
+    from tltk.config import parse_set_pairs
+    from tltk.methods.sweep import Condition, condition_config
+    from tltk.methods.tuning import SearchSpace, trial_config
+    from tltk.recipes import folder
+
+    pairs = ["stages.finetune.label_smoothing=0.1", "stages.finetune.batchnorm=train",
+             "stages.finetune.ema=0.999", "stages.finetune.schedule=onecycle",
+             "stages.finetune.schedule_args={pct_start: 0.3}", "tta=flip+affine",
+             "augment_policy=randaugment", "randaugment_factor=0.3"]
+    config = folder.config().override(parse_set_pairs(pairs))
+    config.validate()
+    assert RunConfig.from_yaml(config.to_yaml()) == config
+    stage = config.stage("finetune")
+    assert (stage.label_smoothing, stage.batchnorm, stage.ema, stage.schedule) == \
+        (0.1, "train", 0.999, "onecycle")
+    spec = get_backbone(config.backbone)
+    trial = trial_config(config, spec, SearchSpace(), keras_tuner.HyperParameters())
+    swept = condition_config(config, spec, Condition(10, "all", 0), tmp_path, 3)  # all frozen
+    swept.validate()  # batchnorm: train on a frozen backbone changes nothing, and is allowed
+    for derived in (trial, swept):
+        tuned = derived.stage("finetune")
+        assert (tuned.label_smoothing, tuned.batchnorm, tuned.ema, tuned.schedule_args) == \
+            (0.1, "train", 0.999, {"pct_start": 0.3})
+        assert (derived.tta, derived.augment_policy, derived.randaugment_factor) == \
+            ("flip+affine", "randaugment", 0.3)
+    assert swept.stage("finetune").unfreeze == 0

@@ -334,7 +334,8 @@ def _fit_on_images(ctx: Context, stage: StageConfig) -> keras.Model:
 
     # The classifier runs a pretrained backbone in inference mode; BatchNorm that trains
     # needs the backbone called in training mode, in a view sharing every layer.
-    trains_bn = stage.batchnorm == "train" and ctx.spec.pretrained
+    trains_bn = (stage.batchnorm == "train" and ctx.spec.pretrained
+                 and bool(resolve_unfreeze(ctx.spec, stage.unfreeze)))
     fitted = training_view(ctx.model) if trains_bn else ctx.model
     return _fit(ctx, stage, fitted, steps, make_train, val_ds)
 
