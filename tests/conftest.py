@@ -66,6 +66,30 @@ TINY = backbones.BackboneSpec(name="tiny", description="a two-block test CNN", b
                               blocks=("block2", "block1"))
 
 
+def build_tiny_bn(input_shape, weights=None) -> keras.Model:
+    """TINY with a BatchNormalization layer in block2, for BatchNorm-mode tests."""
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu",
+                            name="block1_conv")(inputs)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", name="block2_conv")(x)
+    x = keras.layers.BatchNormalization(name="block2_bn")(x)
+    x = keras.layers.ReLU(name="block2_relu")(x)
+    return keras.Model(inputs, x, name="tiny_bn")
+
+
+TINY_BN = backbones.BackboneSpec(name="tiny_bn", description="TINY with BatchNorm in block2",
+                                 builder=build_tiny_bn, preprocess="tf", default_size=32,
+                                 min_size=32, blocks=("block2", "block1"))
+
+
+@pytest.fixture
+def tiny_bn_backbone():
+    """Register TINY_BN as backbone "tiny_bn" for one test."""
+    backbones.BACKBONES.register("tiny_bn", TINY_BN)
+    yield TINY_BN
+    backbones.BACKBONES.unregister("tiny_bn")
+
+
 @pytest.fixture
 def tiny_backbone():
     """Register TINY as backbone "tiny" for one test."""

@@ -229,7 +229,7 @@ def ensemble(runs, out):
 @click.argument("run_dir", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--top", type=int, default=5, show_default=True, help="Labels per image.")
-@click.option("--weights", type=click.Choice(["best", "final"]), default="best")
+@click.option("--weights", type=click.Choice(["best", "final", "ema"]), default="best")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
 def predict_command(run_dir, images, top, weights, fmt):
     """Print the top labels of each IMAGE (files or folders, recursively) for a run."""
@@ -247,7 +247,7 @@ def predict_command(run_dir, images, top, weights, fmt):
 @click.option("--format", "fmt", type=click.Choice(["keras", "savedmodel", "tflite"]),
               required=True)
 @click.option("--out", required=True, type=click.Path(), help="File (.keras/.tflite) or folder.")
-@click.option("--weights", type=click.Choice(["best", "final"]), default="best")
+@click.option("--weights", type=click.Choice(["best", "final", "ema"]), default="best")
 def export_command(run_dir, fmt, out, weights):
     """Export a run's model; the export is checked against the Keras model."""
     from tltk.evaluation.export import check_export, export_model

@@ -26,6 +26,9 @@ from tltk.errors import TltkError
 # A stage's `unfreeze`: how many named backbone blocks, counted from the top, are
 # trainable (0 = frozen backbone), "all" for the whole backbone, or explicit block names.
 Unfreeze = int | str | list
+BATCHNORM_MODES = ("frozen", "train")
+TTA_MODES = ("none", "flip", "flip+affine")
+AUGMENT_POLICIES = ("affine", "randaugment")
 
 
 @dataclass
@@ -42,9 +45,10 @@ class DataConfig:
     resize: str = "stretch"  # stretch | crop (keep aspect, centre crop) | pad
     class_weight: str | None = None  # None | balanced
     cache_images: bool = True  # keep decoded, resized images in memory when they fit
-    # Seed of the train/val/test split; None: the run's seed. Fixing it while --seed
-    # varies keeps the evaluation sets fixed across repeats (as `tltk sweep` does).
-    split_seed: int | None = None
+    # Seed of the train/val/test split, fixed by default and independent of --seed, so
+    # runs that differ only in seed (repeats, ensembles) hold the same val and test
+    # images. None: follow the run's seed (older configs saved it that way).
+    split_seed: int | None = 0
 
 
 @dataclass
@@ -108,6 +112,17 @@ class StageConfig:
     # Mixup alpha on the training stream (0: off); labels become mixed one-hot vectors
     # and the loss categorical cross-entropy (see tltk.data.mixup).
     mixup: float = 0.0
+    # Label smoothing epsilon: targets become (1 - eps) * one-hot + eps / classes, and the
+    # loss categorical cross-entropy (Keras's sparse form has no label_smoothing).
+    label_smoothing: float = 0.0
+    # BatchNorm of the trainable blocks: frozen (inference mode, ImageNet statistics) or
+    # train (batch statistics, moving statistics updated, as fastai's fine_tune does).
+    # Only trainable blocks are affected: on a frozen backbone it changes nothing, so a
+    # sweep or a tuner may vary `unfreeze` down to 0 with it set.
+    batchnorm: str = "frozen"
+    # Exponential moving average of the trained weights (Keras's optimizer `use_ema`),
+    # with this decay, e.g. 0.999; evaluated as the `ema` weights. None: off.
+    ema: float | None = None
 
     def validate(self) -> None:
         """Reject a stage that cannot run, naming the field and the fix."""
@@ -123,7 +138,20 @@ class StageConfig:
         if self.mixup < 0:
             raise TltkError(f"stage '{self.name}': --mixup must be 0 (off) or a positive "
                             f"alpha such as 0.2 (got {self.mixup:g})")
+        self._validate_regularisers()
         make_lr(self, steps_per_epoch=1)  # a bad schedule fails now, not after a stage
+
+    def _validate_regularisers(self) -> None:
+        where = f"stage '{self.name}'"
+        if not 0 <= self.label_smoothing < 1:
+            raise TltkError(f"{where}: label_smoothing must lie in [0, 1), e.g. 0.1 "
+                            f"(got {self.label_smoothing:g})")
+        if self.batchnorm not in BATCHNORM_MODES:
+            raise TltkError(f"{where}: batchnorm must be {' or '.join(BATCHNORM_MODES)} "
+                            f"(got {self.batchnorm!r})")
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise TltkError(f"{where}: ema is a decay in (0, 1) such as 0.999, or unset "
+                            f"(got {self.ema:g})")
 
 
 @dataclass
@@ -147,6 +175,13 @@ class RunConfig:
     strategy: str = "auto"  # auto | mirrored | multiworker (see tltk.engine.runtime)
     out: str | None = None
     cache_dir: str | None = None  # bottleneck feature cache; None: ~/.cache/tltk
+    # Test-time augmentation at evaluation: extra `<weights>+tta` rows averaging the
+    # softmax over views (none | flip | flip+affine; see tltk.evaluation.metrics).
+    tta: str = "none"
+    # Training augmentation: affine (the IDG-style `augment` parameters) or randaugment
+    # (keras.layers.RandAugment, 2 ops at strength `randaugment_factor`).
+    augment_policy: str = "affine"
+    randaugment_factor: float = 0.5
 
     def __post_init__(self):
         self.stages = [s if isinstance(s, StageConfig) else _build(StageConfig, s, "stages")
@@ -203,7 +238,12 @@ class RunConfig:
                   (self.data.class_weight in (None, "balanced"),
                    "--class-weight must be 'balanced' or unset"),
                   (self.data.per_class is None or self.data.per_class > 0,
-                   "--per-class must be a positive integer (or unset for all images)")]
+                   "--per-class must be a positive integer (or unset for all images)"),
+                  (self.tta in TTA_MODES, f"tta must be one of {', '.join(TTA_MODES)}"),
+                  (self.augment_policy in AUGMENT_POLICIES,
+                   f"augment_policy must be {' or '.join(AUGMENT_POLICIES)}"),
+                  (0 <= self.randaugment_factor <= 1,
+                   "randaugment_factor must lie in [0, 1], e.g. 0.5")]
         for ok, message in checks:
             if not ok:
                 raise TltkError(message)

@@ -230,3 +230,49 @@ def test_uint8_input_warps_like_float_within_rounding():
     from_float = layer.apply_transform(tf.constant(pixels.astype(np.float32)), params)
     assert from_uint8.dtype == tf.float32
     np.testing.assert_allclose(from_uint8.numpy(), from_float.numpy(), atol=1.0)
+
+
+def test_randaugment_policy_is_keras_randaugment_seeded_per_batch():
+    from tltk.config import RunConfig
+    from tltk.data.augment import make_augmenter
+    from tltk.engine import streams
+
+    config = RunConfig(augment_policy="randaugment", randaugment_factor=0.4)
+    layer = make_augmenter(config, seed=0)
+    assert isinstance(layer, keras.layers.RandAugment)
+    assert (layer.num_ops, layer.value_range) == (2, (0, 255))
+    assert isinstance(make_augmenter(RunConfig(), seed=0), RandomAffine)
+    augment = streams.seeded_augment(layer)
+    images = tf.constant(np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3)), tf.uint8)
+    first = augment(images, tf.constant([7, 0], tf.int64)).numpy()
+    again = augment(images, tf.constant([7, 0], tf.int64)).numpy()
+    other = augment(images, tf.constant([7, 1], tf.int64)).numpy()
+    np.testing.assert_array_equal(first, again)  # the draws depend only on the batch seed
+    assert not np.array_equal(first, other)
+    assert not np.array_equal(first, images.numpy().astype("float32"))
+    assert first.dtype == np.float32 and 0 <= first.min() and first.max() <= 255
+
+
+@pytest.mark.slow
+def test_randaugment_epoch_streams_are_reproducible_and_resume_exactly():
+    from tltk.config import RunConfig
+    from tltk.data.augment import make_augmenter
+    from tltk.engine import streams
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (8, 16, 16, 3)).astype(np.uint8)
+    examples = tf.data.Dataset.from_tensor_slices((images, np.arange(8)))
+    augment = streams.seeded_augment(make_augmenter(RunConfig(augment_policy="randaugment"), 0))
+
+    def stream(first):
+        return streams.epoch_stream(examples, 8, 4, seed=3, first=first, epochs=3, buffer=8,
+                                    augment=augment)
+
+    whole = stream(0)  # iterated twice: a second pass must draw the same augmentations
+    full, again = ([x.numpy() for x, _ in whole] for _ in range(2))
+    tail = [x.numpy() for x, _ in stream(1)]
+    for a, b in zip(full, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(full[2:], tail, strict=True):  # epochs 1-2 of a run resumed after 1
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(full[0], full[2])

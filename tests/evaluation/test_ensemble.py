@@ -85,3 +85,25 @@ def test_ensemble_computes_missing_predictions_from_best_models(tmp_path, data_r
     assert sorted(pd.read_csv(tmp_path / "ens" / "metrics.csv")["split"]) == ["test", "val"]
 
 
+
+
+@pytest.mark.slow
+def test_ensemble_of_two_seeds_of_one_recipe_works_from_the_cli(tmp_path):
+    # The split seed is fixed (data.split_seed: 0), so repeats hold the same val/test images.
+    runs = [tmp_path / f"seed{seed}" for seed in (1, 2)]
+    for seed, out in zip((1, 2), runs, strict=True):
+        result = CliRunner().invoke(main, [
+            "train", "demo", "--image-size", "32", "--per-class", "5", "--epochs-head", "1",
+            "--epochs-finetune", "1", "--seed", str(seed), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        config = RunConfig.load(out / "config.yaml")
+        assert (config.seed, config.data.split_seed) == (seed, 0)
+    first, second = (np.load(out / "predictions" / "best-test.npz") for out in runs)
+    np.testing.assert_array_equal(first["labels"], second["labels"])
+    assert not np.allclose(first["probs"], second["probs"])  # two different models
+    result = CliRunner().invoke(main, ["ensemble", *map(str, runs), "--out",
+                                       str(tmp_path / "ens")])
+    assert result.exit_code == 0, result.output
+    averaged = np.load(tmp_path / "ens" / "predictions" / "ensemble-test.npz")
+    np.testing.assert_allclose(averaged["probs"], (first["probs"] + second["probs"]) / 2,
+                               atol=1e-6)

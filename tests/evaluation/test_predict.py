@@ -14,6 +14,7 @@ from tests.evaluation.conftest import (
     SIZE,
     expected_probs,
     make_run,
+    tiny_model,
 )
 from tltk.cli import main
 from tltk.evaluation import predict
@@ -85,3 +86,27 @@ def test_predict_matches_the_eval_pipeline_on_real_jpegs(tmp_path):
     for result, row in zip(results, probs):
         by_label = {p["label"]: p["probability"] for p in result["predictions"]}
         np.testing.assert_allclose([by_label[n] for n in names], row, atol=1e-6)
+
+
+def test_predict_and_export_take_the_ema_weights(run_and_model, data_root, tmp_path):
+    run, _ = run_and_model
+    missing = CliRunner().invoke(main, ["predict", str(run.path), str(data_root / "circle"),
+                                        "--weights", "ema"])
+    assert missing.exit_code == 2 and "has no ema.keras" in missing.output
+    ema_model = tiny_model(seed=7)
+    ema_model.save(run.file("ema.keras"))
+    try:
+        result = CliRunner().invoke(main, ["predict", str(run.path), str(data_root / "circle"),
+                                           "--weights", "ema", "--format", "json"])
+        assert result.exit_code == 0, result.output
+        parsed = json.loads(result.stdout)
+        paths = [r["path"] for r in parsed]
+        probs = expected_probs(ema_model, paths)
+        top = [CLASSES[i] for i in probs.argmax(1)]
+        assert [r["predictions"][0]["label"] for r in parsed] == top
+        copied = CliRunner().invoke(main, ["export", str(run.path), "--format", "keras",
+                                           "--weights", "ema", "--out", str(tmp_path / "e.keras")])
+        assert copied.exit_code == 0, copied.output
+        assert (tmp_path / "e.keras").read_bytes() == run.file("ema.keras").read_bytes()
+    finally:
+        run.file("ema.keras").unlink()  # the run fixture is shared by the module

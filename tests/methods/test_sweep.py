@@ -1,6 +1,7 @@
 """`tltk sweep`: grid parsing, condition configs, subsampling, the table, the heuristic."""
 
 import os
+from dataclasses import replace
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -59,7 +60,10 @@ def test_conditions_keep_the_split_and_the_head_stage_and_vary_the_seed(tmp_path
     tuned, repeat, scratch = configs
     assert [s.unfreeze for s in tuned.stages] == [0, 3]
     assert tuned.stages[1].optimizer == "sgd" and tuned.data.per_class == 6
-    assert tuned.data.split_seed == repeat.data.split_seed == scratch.data.split_seed == 7
+    # The data config's fixed split seed (0 by default), whatever the run's seed (7).
+    assert tuned.data.split_seed == repeat.data.split_seed == scratch.data.split_seed == 0
+    following = replace(base, data=replace(base.data, split_seed=None))
+    assert condition_config(following, VGG, Condition(6, 2, 1), tmp_path, 3).data.split_seed == 7
     assert (tuned.seed, repeat.seed) == (7, 8)
     assert tuned.out != repeat.out
     assert scratch.backbone == "scratch" and scratch.stages[0].epochs == 3

@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 
 from tltk.config import RunConfig, StageConfig  # noqa: E402
 from tltk.errors import TltkError  # noqa: E402
-from tltk.optim.schedules import LinearWarmup, make_lr  # noqa: E402
+from tltk.optim.schedules import LinearWarmup, OneCycle, make_lr  # noqa: E402
 
 
 def values(schedule, steps):
@@ -69,6 +69,48 @@ def test_warmup_ramps_linearly_then_starts_the_cosine():
     np.testing.assert_allclose(values(schedule, after), expected, rtol=1e-5, atol=1e-8)
 
 
+def one_cycle_reference(step, lr, total, pct, div, final_div):
+    """fastai's combined_cos: cosine from lr/div to lr, then from lr to lr/final_div."""
+    pos = min(step / total, 1.0)
+
+    def cos(start, end, p):
+        return start + (1 + np.cos(np.pi * (1 - p))) * (end - start) / 2
+
+    if pos < pct:
+        return cos(lr / div, lr, pos / pct)
+    return cos(lr, lr / final_div, (pos - pct) / (1 - pct))
+
+
+def test_onecycle_matches_fastais_two_cosines():
+    stage = StageConfig("ft", epochs=4, lr=0.02, schedule="onecycle",
+                        schedule_args={"pct_start": 0.3, "div_factor": 10.0,
+                                       "final_div_factor": 100.0})
+    schedule = make_lr(stage, steps_per_epoch=5)  # 20 steps, the peak at step 6
+    assert isinstance(schedule, OneCycle)
+    steps = [0, 1, 3, 6, 7, 12, 19, 20, 25]
+    expected = [one_cycle_reference(s, 0.02, 20, 0.3, 10.0, 100.0) for s in steps]
+    np.testing.assert_allclose(values(schedule, steps), expected, rtol=1e-5)
+    assert float(schedule(0)) == pytest.approx(0.002)
+    assert float(schedule(6)) == pytest.approx(0.02)
+    assert float(schedule(20)) == pytest.approx(0.0002)
+
+
+def test_onecycle_defaults_are_fastais_and_it_saves_in_a_keras_file(tmp_path):
+    stage = StageConfig("ft", epochs=2, lr=0.1, schedule="onecycle")
+    schedule = make_lr(stage, steps_per_epoch=4)
+    assert (schedule.pct_start, schedule.div_factor, schedule.final_div_factor) == \
+        (0.25, 25.0, 1e5)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="dense")])
+    model.compile(keras.optimizers.SGD(schedule), loss="mse")
+    model.fit(np.ones((6, 3), "float32"), np.zeros((6, 2), "float32"), batch_size=2,
+              verbose=0)  # 3 steps
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert isinstance(loaded.optimizer._learning_rate, OneCycle)
+    assert float(loaded.optimizer.learning_rate) == pytest.approx(
+        one_cycle_reference(3, 0.1, 8, 0.25, 25.0, 1e5), rel=1e-5)
+
+
 def test_warmup_keeps_step_boundaries_on_stage_epochs():
     stage = StageConfig("ft", epochs=6, lr=0.01, lr_steps=[[3, 0.001]], warmup_epochs=2)
     schedule = make_lr(stage, steps_per_epoch=2)
@@ -90,6 +132,9 @@ def test_warmup_in_front_of_a_constant_rate():
     (StageConfig("ft", epochs=3, schedule="cosine", lr_steps=[[1, 0.1]]), "only the step"),
     (StageConfig("ft", epochs=3, schedule="sgdr", warmup_epochs=3), "warmup_epochs"),
     (StageConfig("ft", epochs=3, lr_steps=[[2, 0.1], [1, 0.01]]), "increasing"),
+    (StageConfig("ft", epochs=3, schedule="onecycle", warmup_epochs=1), "warms up by itself"),
+    (StageConfig("ft", epochs=3, schedule="onecycle", schedule_args={"pct_start": 1.0}),
+     "0 < pct_start < 1"),
 ])
 def test_bad_stage_settings_are_user_errors(stage, message):
     with pytest.raises(TltkError, match="stages.ft") as info:

@@ -21,8 +21,8 @@ register = SOURCES.register
 def load(cfg, seed: int = 0) -> Dataset:
     """Load the dataset named by `cfg.dataset`, then apply `cfg.per_class`.
 
-    The split is drawn with `cfg.split_seed` (default `seed`), the per-class
-    subsample with `seed`.
+    The split is drawn with `cfg.split_seed` (fixed, 0 by default; None: `seed`), the
+    per-class subsample with `seed`.
     """
     _import_sources()
     source = SOURCES.get(cfg.dataset)

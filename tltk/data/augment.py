@@ -36,6 +36,23 @@ IMAGE_RANK = 4  # [batch, height, width, channels]
 _DRAWS = ("theta", "tx", "ty", "shear", "zx", "zy", "flip_h", "flip_v", "brightness")
 
 
+def make_augmenter(config, seed: int) -> keras.layers.Layer:
+    """The training augmentation of a `RunConfig`: its `augment_policy`, seeded.
+
+    `affine` is `RandomAffine` with `config.augment`; `randaugment` is Keras's
+    `RandAugment` (2 ops per image at `config.randaugment_factor`). Both take uint8 or
+    float 0..255 batches and return float32 0..255.
+
+    Example:
+        >>> make_augmenter(RunConfig(augment_policy="randaugment"), seed=0).num_ops
+        2
+    """
+    if config.augment_policy == "randaugment":
+        return keras.layers.RandAugment(value_range=(0, 255), num_ops=2,
+                                        factor=config.randaugment_factor, seed=seed)
+    return RandomAffine(**vars(config.augment), seed=seed)
+
+
 def _matrix(a, b, c, d, e, f):
     """[[a, b, c], [d, e, f], [0, 0, 1]], batched over the broadcast shape of the entries."""
     entries = [tf.cast(v, tf.float32) for v in (a, b, c, d, e, f)]

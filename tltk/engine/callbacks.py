@@ -129,6 +129,26 @@ class BestModelSaver(keras.callbacks.Callback):
         self.epochs_seen, self.pending = state["epochs_seen"], False
 
 
+class RawWeights(keras.callbacks.Callback):
+    """The trained weights at the end of a fit's last epoch, before Keras replaces them.
+
+    With an optimizer's `use_ema`, `fit` ends by overwriting the weights with their
+    moving average; `values` keeps what training itself reached.
+
+    Example:
+        >>> raw = RawWeights()
+        >>> model.fit(x, y, epochs=3, callbacks=[raw])   # raw.values: epoch 3's weights
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.values = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.params["epochs"] or self.model.stop_training:
+            self.values = [keras.ops.convert_to_numpy(v) for v in self.model.trainable_weights]
+
+
 class EpochLogger(keras.callbacks.Callback):
     """One concise line per epoch (Keras's progress bars flood logs and notebooks)."""
 

@@ -3,7 +3,7 @@
     train(config)
       prepare   load data, build backbone + head, create (or reopen) the run directory
       stage...  `tltk.engine.stage.run_stage` for every stage, one `model.fit` each
-      finish    save final.keras, evaluate best and final weights on every split
+      finish    save final.keras, evaluate best, final (and ema) weights on every split
 
 `train` builds the backbone first, so unavailable weights fail before any work.
 Every epoch is committed to the run directory, so an interrupted run resumes after
@@ -212,15 +212,18 @@ def prepare(config: RunConfig, spec: BackboneSpec, say=log, strategy=None) -> Co
 
 
 def finish(ctx: Context) -> RunResult:
-    """Save the final model, evaluate best and final weights, print the table."""
+    """Save the final model, evaluate best, final and (when a stage averaged its
+    weights) ema weights, with TTA rows when `config.tta` asks, print the table."""
     run, model, config = ctx.run, ctx.model, ctx.config
     saver = ctx.trackers.saver
     save_model(model, run.file("final.keras"))
     if not run.file("best.keras").is_file():  # no validation improvement was ever seen
         save_model(model, run.file("best.keras"))
-    best = load_model(run.file("best.keras"))
-    metrics = evaluate_models({"best": best, "final": model}, ctx.dataset, run, ctx.image_size,
-                              config.batch_size, ctx.k, config.data.resize)
+    models = {"best": load_model(run.file("best.keras")), "final": model}
+    if any(stage.ema is not None for stage in config.stages) and run.file("ema.keras").is_file():
+        models["ema"] = load_model(run.file("ema.keras"))
+    metrics = evaluate_models(models, ctx.dataset, run, ctx.image_size, config.batch_size,
+                              ctx.k, config.data.resize, tta=config.tta)
     ctx.log(f"best weights: epoch {saver.best_epoch + 1} of {saver.epochs_seen}, stage "
             f"{saver.best_stage} (val top-1 {100 * saver.best:.2f}%)")
     ctx.log(format_table(metrics))

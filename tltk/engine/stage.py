@@ -1,12 +1,15 @@
 """One stage: freeze or unfreeze blocks, choose images or cached features, and fit.
 
 A stage is a `StageConfig` (data). `run_stage` decides, in this order:
-1. which backbone blocks train (`set_trainable`; BatchNorm stays in inference mode);
+1. which backbone blocks train (`set_trainable`), and whether their BatchNorm trains
+   (`batchnorm: train`, on a training-mode view of the classifier) or stays frozen;
 2. whether to train on cached features (`_use_cache`): the head alone on pooled
    features of a frozen backbone, the top blocks on cached activations of the frozen
    part below them, or the whole classifier on images;
-3. the optimizer and loss it recompiles with (`_compile`);
-4. the `model.fit` that continues after the stage's last committed epoch (`_fit`).
+3. the optimizer (with an EMA of the weights when `ema` is set) and the loss (label
+   smoothing, mixup) it recompiles with (`_compile`), and the augmentation policy;
+4. the `model.fit` that continues after the stage's last committed epoch (`_fit`),
+   then `ema.keras` when the stage averages its weights.
 
 A new kind of stage (a new field of `StageConfig`) is read here.
 
@@ -29,7 +32,7 @@ import tensorflow as tf
 from tltk.config import StageConfig
 from tltk.data.core import images_fit_in_memory, make_pipeline
 from tltk.engine import checkpoint, streams
-from tltk.engine.callbacks import NonFiniteLossGuard, NumericalFault
+from tltk.engine.callbacks import NonFiniteLossGuard, NumericalFault, RawWeights
 from tltk.engine.features import FeatureCache, cache_bytes
 from tltk.engine.run import Context
 from tltk.errors import TltkError
@@ -39,9 +42,10 @@ from tltk.models.backbones import (
     set_trainable,
     weights_checksum,
 )
-from tltk.models.heads import backbone_of, split_at_blocks
+from tltk.models.heads import backbone_of, split_at_blocks, training_view
 from tltk.optim import discriminative
 from tltk.optim.schedules import make_lr
+from tltk.rundir import save_model
 
 # Cached features must fit in memory beside the model on a modest (24 GB) machine.
 CACHE_BUDGET_BYTES = 6e9
@@ -58,15 +62,16 @@ def run_stage(ctx: Context, stage: StageConfig) -> None:
     if stage.name in ctx.done:
         return
     backbone = backbone_of(ctx.model)
-    blocks = set_trainable(backbone, ctx.spec, stage.unfreeze)
-    freeze_head_batchnorm(ctx.model, frozen=bool(blocks) and ctx.spec.pretrained)
+    blocks = set_trainable(backbone, ctx.spec, stage.unfreeze, batchnorm=stage.batchnorm)
+    freeze_head_batchnorm(ctx.model, frozen=bool(blocks) and ctx.spec.pretrained
+                          and stage.batchnorm == "frozen")
     cache = _use_cache(ctx, stage, blocks)
     trainable = sum(int(np.prod(w.shape)) for w in ctx.model.trainable_weights)
     where = {None: "", "pooled": "; head on cached features",
              "activations": "; trainable part on cached activations"}[cache]
     ctx.log(f"stage {stage.name}: {stage.epochs} epochs, {_describe_blocks(blocks, ctx.spec)}, "
             f"{trainable:,} trainable weights; recompiling with {_describe_optimizer(stage)}"
-            + where)
+            + _describe_augment(ctx, stage) + where)
     for cb in ctx.callbacks:
         cb.stage = stage.name
     started, ctx.resumed_seconds = time.time(), 0.0
@@ -84,7 +89,7 @@ def freeze_head_batchnorm(model: keras.Model, frozen: bool) -> None:
     Its moving statistics were learned on the bottleneck features; if it renormalised
     with batch statistics while those features drift, training mode and inference
     mode would disagree. Frozen, every BatchNorm runs in inference mode and train and
-    eval see the same network.
+    eval see the same network. A `batchnorm: train` stage lets it train (`frozen=False`).
     """
     for layer in model.get_layer("head").layers:
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -115,7 +120,10 @@ def _record_stage(ctx, stage, blocks, cached, optimizer, seconds) -> None:
     entry = {"name": stage.name, "optimizer": type(optimizer).__name__,
              "momentum": float(getattr(optimizer, "momentum", 0.0) or 0.0),
              "trainable_blocks": blocks, "cached_features": cached, "mixup": stage.mixup,
-             "epochs": stage.epochs, "seconds": round(seconds, 1)}
+             "label_smoothing": stage.label_smoothing, "batchnorm": stage.batchnorm,
+             "ema": stage.ema, "schedule": stage.schedule,
+             "augment": _augment_policy(ctx, stage), "epochs": stage.epochs,
+             "seconds": round(seconds, 1)}
     checkpoint.complete_stage(ctx.run, stage.name, ctx.model, ctx.trackers, entry)
 
 
@@ -147,7 +155,24 @@ def _describe_optimizer(stage: StageConfig) -> str:
         text += f", gradient norm clipped at {stage.clipnorm:g}"
     if stage.mixup:
         text += f", mixup alpha={stage.mixup:g}"
+    if stage.label_smoothing:
+        text += f", label smoothing {stage.label_smoothing:g}"
+    if stage.batchnorm == "train":
+        text += ", BatchNorm training"
+    if stage.ema is not None:
+        text += f", weight EMA decay {stage.ema:g}"
     return text
+
+
+def _augment_policy(ctx: Context, stage: StageConfig) -> str:
+    return ctx.config.augment_policy if stage.augment else "none"
+
+
+def _describe_augment(ctx: Context, stage: StageConfig) -> str:
+    policy = _augment_policy(ctx, stage)
+    if policy == "randaugment":
+        return f"; RandAugment factor {ctx.config.randaugment_factor:g}"
+    return "" if policy == "affine" else "; no augmentation"
 
 
 def stage_optimizer(ctx: Context, model: keras.Model, stage: StageConfig,
@@ -159,14 +184,32 @@ def stage_optimizer(ctx: Context, model: keras.Model, stage: StageConfig,
     return discriminative.make_optimizer(stage, model, lr, groups, base)
 
 
+def one_hot_labels(stage: StageConfig) -> bool:
+    """Mixup's labels are mixed one-hot vectors, and Keras's sparse cross-entropy has no
+    label smoothing: such stages train and validate on one-hot labels."""
+    return bool(stage.mixup or stage.label_smoothing)
+
+
+def stage_loss(stage: StageConfig) -> keras.losses.Loss:
+    """The stage's cross-entropy: categorical (smoothed) on one-hot labels, else sparse.
+
+    Example:
+        >>> stage_loss(StageConfig("ft", epochs=1, label_smoothing=0.1)).label_smoothing
+        0.1
+    """
+    if one_hot_labels(stage):
+        return keras.losses.CategoricalCrossentropy(label_smoothing=stage.label_smoothing)
+    return keras.losses.SparseCategoricalCrossentropy()
+
+
 def _compile(ctx: Context, model: keras.Model, stage: StageConfig, steps: int) -> None:
-    # Mixup's labels are mixed one-hot vectors, so its stages use the categorical forms.
-    if stage.mixup:
-        loss, metrics = "categorical_crossentropy", [
+    loss = stage_loss(stage)
+    if one_hot_labels(stage):
+        metrics = [
             keras.metrics.CategoricalAccuracy(name="top1"),
             keras.metrics.TopKCategoricalAccuracy(ctx.k, name="topk")]
     else:
-        loss, metrics = "sparse_categorical_crossentropy", [
+        metrics = [
             keras.metrics.SparseCategoricalAccuracy(name="top1"),
             keras.metrics.SparseTopKCategoricalAccuracy(ctx.k, name="topk")]
     model.compile(optimizer=stage_optimizer(ctx, model, stage, steps), loss=loss,
@@ -174,18 +217,21 @@ def _compile(ctx: Context, model: keras.Model, stage: StageConfig, steps: int) -
 
 
 def _mixer(ctx: Context, stage: StageConfig):
-    """The stage's mixup as `(images, labels, seed) -> (images, one-hot labels)`, or None."""
-    if not stage.mixup:
+    """The stage's mixup as `(images, labels, seed) -> (images, one-hot labels)`, the
+    one-hot labels alone for label smoothing, or None."""
+    classes, alpha = ctx.dataset.num_classes, stage.mixup
+    if not one_hot_labels(stage):
         return None
+    if not alpha:
+        return lambda x, y, _: (x, tf.one_hot(tf.cast(y, tf.int32), classes))
     from tltk.data.mixup import mix_batch
 
-    classes, alpha = ctx.dataset.num_classes, stage.mixup
     return lambda x, y, seed: mix_batch(tf.cast(x, tf.float32), y, classes, alpha, seed)
 
 
 def _validation(ctx: Context, stage: StageConfig, val_ds: tf.data.Dataset) -> tf.data.Dataset:
     """Validation batches with labels in the form the stage's loss expects."""
-    if not stage.mixup:
+    if not one_hot_labels(stage):
         return val_ds
     classes = ctx.dataset.num_classes
     return val_ds.map(lambda x, y: (x, tf.one_hot(tf.cast(y, tf.int32), classes)))
@@ -204,9 +250,9 @@ def _augmenter(ctx: Context, stage: StageConfig, seed: int):
     """The stage's augmentation as `(images, batch seed) -> images`, or None."""
     if not stage.augment:
         return None
-    from tltk.data.augment import RandomAffine
+    from tltk.data.augment import make_augmenter
 
-    return streams.seeded_augment(RandomAffine(**vars(ctx.config.augment), seed=seed))
+    return streams.seeded_augment(make_augmenter(ctx.config, seed))
 
 
 def _fit(ctx: Context, stage: StageConfig, fitted: keras.Model, steps: int, make_train,
@@ -223,24 +269,45 @@ def _fit(ctx: Context, stage: StageConfig, fitted: keras.Model, steps: int, make
         ctx.resumed_seconds = state["seconds"]
         ctx.log(f"  resuming stage {stage.name} after epoch {first} of {stage.epochs}")
     if first >= stage.epochs:
+        if stage.ema is not None:  # all epochs were committed before the interruption
+            _keep_ema(ctx, fitted, None)
         return fitted
     commit = checkpoint.EpochCheckpoint(ctx.run, stage.name, ctx.model, trackers,
                                         ctx.resumed_seconds, frozen)
     guard = NonFiniteLossGuard(stage.name, fix=f"lower stages.{stage.name}.lr (now {stage.lr:g}) "
                                f"or set stages.{stage.name}.clipnorm (e.g. 1.0) in a --config YAML")
+    raw = RawWeights() if stage.ema is not None else None
     trackers.saver.deferred = True  # best.keras follows the epoch's commit
     try:
         fitted.fit(make_train(first), validation_data=_validation(ctx, stage, val_ds),
                    epochs=stage.epochs,
                    initial_epoch=first, steps_per_epoch=steps, verbose=0, shuffle=False,
-                   callbacks=[*ctx.callbacks, commit, guard],
+                   callbacks=[*ctx.callbacks, commit, guard, *([raw] if raw else [])],
                    class_weight=class_weights(ctx))
     except NumericalFault:
         ctx.rolled_back = checkpoint.rollback(ctx.run, stage.name, fitted, ctx.model)
         raise
     finally:
         trackers.saver.deferred = False
+    if raw is not None:
+        _keep_ema(ctx, fitted, raw.values)
     return fitted
+
+
+def _keep_ema(ctx: Context, fitted: keras.Model, raw: list | None) -> None:
+    """Save the classifier with the optimizer's averaged weights as `ema.keras`, then put
+    the trained weights back: later stages, `final` and resumes continue from those.
+
+    Keras's `fit` ends by overwriting the weights with their EMA (`raw` holds them from
+    before); with `raw` None no fit ran, and the restored optimizer's average is applied.
+    """
+    variables = fitted.trainable_weights
+    if raw is None:
+        raw = [keras.ops.convert_to_numpy(v) for v in variables]
+        fitted.optimizer.finalize_variable_values(variables)
+    save_model(ctx.model, ctx.run.file("ema.keras"))
+    for variable, value in zip(variables, raw, strict=True):
+        variable.assign(value)
 
 
 def _fit_on_images(ctx: Context, stage: StageConfig) -> keras.Model:
@@ -265,13 +332,19 @@ def _fit_on_images(ctx: Context, stage: StageConfig) -> keras.Model:
                                    stage.epochs, min(len(train), SHUFFLE_BUFFER), augment,
                                    _mixer(ctx, stage))
 
-    return _fit(ctx, stage, ctx.model, steps, make_train, val_ds)
+    # The classifier runs a pretrained backbone in inference mode; BatchNorm that trains
+    # needs the backbone called in training mode, in a view sharing every layer.
+    trains_bn = (stage.batchnorm == "train" and ctx.spec.pretrained
+                 and bool(resolve_unfreeze(ctx.spec, stage.unfreeze)))
+    fitted = training_view(ctx.model) if trains_bn else ctx.model
+    return _fit(ctx, stage, fitted, steps, make_train, val_ds)
 
 
 def _fit_on_features(ctx: Context, stage: StageConfig, blocks: list[str]) -> keras.Model:
     """Fit the part above the frozen cut on cached features of K augmented views."""
     cfg = ctx.config
-    lower, upper, cut = split_at_blocks(ctx.model, ctx.spec, blocks)
+    lower, upper, cut = split_at_blocks(ctx.model, ctx.spec, blocks,
+                                        train_batchnorm=stage.batchnorm == "train")
     views = stage.feature_views if stage.augment else 1
     need = cache_bytes(lower.output_shape[1:], len(ctx.dataset.splits["train"]), views)
     if need > CACHE_BUDGET_BYTES:
@@ -305,6 +378,8 @@ def _features(ctx: Context, stage: StageConfig, lower: keras.Model, cut: str, ch
            "resize": cfg.data.resize, "augment": vars(cfg.augment),
            # Only augmented views depend on the seed; plain features are shared by seeds.
            "seed": cfg.seed if views > 1 else None, "draws": "per-batch"}
+    if views > 1 and cfg.augment_policy != "affine":  # affine keys stay as they were
+        key.update(policy=cfg.augment_policy, factor=cfg.randaugment_factor)
 
     def make_inputs(view: int):
         ds = make_pipeline(ctx.dataset.splits[split], ctx.image_size, cfg.batch_size,

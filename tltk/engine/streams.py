@@ -103,7 +103,11 @@ def seeded_augment(layer: keras.layers.Layer):
         >>> augment(images, tf.constant([7, 0], tf.int64))  # the same for every call
     """
     generator = _BatchSeed(getattr(layer, "seed", None) or 0)
-    layer.seed_generator = generator
+    # RandomAffine draws from `seed_generator`; Keras's preprocessing layers (RandAugment,
+    # which hands its generator to all its sub-layers' draws) from `generator`.
+    for attribute in ("seed_generator", "generator"):
+        if hasattr(layer, attribute):
+            setattr(layer, attribute, generator)
 
     def apply(images, seed):
         generator.batch_seed, generator.draws = seed, 0

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from tltk.errors import TltkError
 from tltk.evaluation.metrics import load_model
-from tltk.evaluation.predict import input_size, load_run_model
+from tltk.evaluation.predict import input_size, load_run_model, run_model_path
 from tltk.rundir import atomic_path, open_run, write_bytes
 
 WEIGHTS = ("best", "final")
@@ -38,7 +38,7 @@ def export_model(run_dir: str | Path, fmt: str, out: str | Path, weights: str = 
     if fmt == "keras":
         if out.suffix != ".keras":
             raise TltkError(f"--out: a Keras model file must end in .keras, got {out}")
-        source = run.file(f"{weights}.keras")
+        source = run_model_path(run.path, weights)
         if not source.is_file():
             raise TltkError(f"RUN: model file not found: {source}; is the run finished?")
         with atomic_path(out) as tmp:

@@ -1,6 +1,9 @@
-"""Top-1 / top-k evaluation of best and final weights on every split.
+"""Top-1 / top-k evaluation of best, final (and ema) weights on every split.
 
 k is 5, or 2 when there are 5 classes or fewer (top-5 of 5 classes is always 100 %).
+With test-time augmentation (`tta`), every weights also get a `<weights>+tta` row: the
+softmax averaged over the image and its horizontal flip (`flip`), plus three fixed
+affine views, a 10 % zoom-in and +-8 degree rotations (`flip+affine`).
 
 Example:
     >>> topk_accuracy(np.array([[.1, .7, .2], [.5, .3, .2]]), np.array([2, 0]), k=2)
@@ -13,11 +16,14 @@ import warnings
 
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
 from tltk.data.core import Dataset, make_pipeline
 from tltk.rundir import RunDir, write_csv, write_npz
 
 WEIGHTS = ("best", "final")
+# The fixed affine views of `flip+affine` TTA, in RandomAffine's (IDG's) parameters.
+AFFINE_VIEWS = ({"zx": 0.9, "zy": 0.9}, {"theta": 8.0}, {"theta": -8.0})
 
 
 def default_k(num_classes: int) -> int:
@@ -33,12 +39,33 @@ def topk_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float(np.mean(np.any(order == labels[:, None], axis=1)))
 
 
+def tta_views(tta: str) -> list:
+    """The views of a TTA mode as functions of a float `[B, H, W, C]` batch.
+
+    Example:
+        >>> len(tta_views("flip")), len(tta_views("flip+affine"))
+        (2, 5)
+    """
+    if tta == "none":
+        return [tf.identity]
+    views = [tf.identity, lambda x: tf.reverse(x, axis=[2])]  # axis 2: the image's width
+    if tta == "flip+affine":
+        from tltk.data.augment import RandomAffine
+
+        warp = RandomAffine()
+        views += [lambda x, p=params: warp.apply_transform(x, p) for params in AFFINE_VIEWS]
+    return views
+
+
 def predict_split(model, dataset: Dataset, split: str, image_size: int, batch_size: int,
-                  resize_policy: str = "stretch") -> np.ndarray:
-    """Class probabilities for every example of a split, in order."""
+                  resize_policy: str = "stretch", tta: str = "none") -> np.ndarray:
+    """Class probabilities for every example of a split, in order; with `tta`, the
+    mean of the softmax over the views of `tta_views`."""
     ds = make_pipeline(dataset.splits[split], image_size, batch_size, training=False, seed=0,
                        resize_policy=resize_policy, cache=False)
-    return model.predict(ds.map(lambda x, y: x), verbose=0)
+    images = ds.map(lambda x, y: x)
+    return np.mean([model.predict(images.map(view), verbose=0) for view in tta_views(tta)],
+                   axis=0)
 
 
 def metrics_rows(weights: str, split: str, probs: np.ndarray, labels: np.ndarray,
@@ -50,23 +77,28 @@ def metrics_rows(weights: str, split: str, probs: np.ndarray, labels: np.ndarray
 
 def evaluate_models(models: dict, dataset: Dataset, run: RunDir, image_size: int,
                     batch_size: int, k: int, resize_policy: str = "stretch",
-                    write: bool = True) -> pd.DataFrame:
-    """Evaluate {"best": model, "final": model} on every eval split.
+                    write: bool = True, tta: str = "none") -> pd.DataFrame:
+    """Evaluate {"best": model, "final": model, ...} on every eval split.
 
-    With `write`, the table goes to metrics.csv and predictions to
+    With `tta` other than none, each weights also gets `<weights>+tta` rows. With
+    `write`, the table goes to metrics.csv and predictions to
     `predictions/<weights>-<split>.npz` (for reports and ensembles).
     """
     rows = []
-    for weights, model in models.items():
-        for split in dataset.eval_splits():
-            data = dataset.splits[split]
-            probs = predict_split(model, dataset, split, image_size, batch_size, resize_policy)
-            arrays = {"probs": probs.astype(np.float32), "labels": data.labels}
-            if data.paths is not None:
-                arrays["paths"] = np.asarray(data.paths)
-            if write:
-                write_npz(run.file("predictions") / f"{weights}-{split}.npz", **arrays)
-            rows.append(metrics_rows(weights, split, probs, data.labels, k))
+    modes = ["none"] if tta == "none" else ["none", tta]
+    for name, model in models.items():
+        for mode in modes:
+            weights = name if mode == "none" else f"{name}+tta"
+            for split in dataset.eval_splits():
+                data = dataset.splits[split]
+                probs = predict_split(model, dataset, split, image_size, batch_size,
+                                      resize_policy, mode)
+                arrays = {"probs": probs.astype(np.float32), "labels": data.labels}
+                if data.paths is not None:
+                    arrays["paths"] = np.asarray(data.paths)
+                if write:
+                    write_npz(run.file("predictions") / f"{weights}-{split}.npz", **arrays)
+                rows.append(metrics_rows(weights, split, probs, data.labels, k))
     table = pd.DataFrame(rows, columns=["weights", "split", "top1", "topk", "k"])
     if write:
         write_csv(run.file("metrics.csv"), table)
@@ -78,13 +110,14 @@ def format_table(metrics: pd.DataFrame) -> str:
     k = int(metrics["k"].iloc[0])
     wide = metrics.pivot(index="weights", columns="split", values=["top1", "topk"])
     splits = list(dict.fromkeys(metrics["split"]))
-    header = f"{'weights':<8}" + "".join(f"{s + ' top-1':>13}{s + f' top-{k}':>13}"
+    width = max(8, *(len(w) + 1 for w in metrics["weights"]))  # e.g. "final+tta"
+    header = f"{'weights':<{width}}" + "".join(f"{s + ' top-1':>13}{s + f' top-{k}':>13}"
                                          for s in splits)
     lines = [header]
     for weights in dict.fromkeys(metrics["weights"]):
         cells = "".join(f"{wide.loc[weights, ('top1', s)]:>12.2f}%"
                         f"{wide.loc[weights, ('topk', s)]:>12.2f}%" for s in splits)
-        lines.append(f"{weights:<8}{cells}")
+        lines.append(f"{weights:<{width}}{cells}")
     return "\n".join(lines)
 
 
@@ -103,11 +136,13 @@ def evaluate_run(run_dir, which: str = "both") -> pd.DataFrame:
     config = RunConfig.load(run.file("config.yaml"))
     dataset = tltk_data.load(config.data, seed=config.seed)
     names = WEIGHTS if which == "both" else (which,)
+    if which == "both" and run.file("ema.keras").is_file():
+        names = (*names, "ema")
     models = {w: load_model(run.file(f"{w}.keras")) for w in names}
     size = next(iter(models.values())).input_shape[1]
     k = config.top_k or default_k(dataset.num_classes)
     table = evaluate_models(models, dataset, run, size, config.batch_size, k,
-                            config.data.resize, write=False)
+                            config.data.resize, write=False, tta=config.tta)
     print(format_table(table))
     keras.backend.clear_session()
     return table

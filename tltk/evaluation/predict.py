@@ -28,16 +28,25 @@ from tltk.errors import TltkError
 from tltk.evaluation.metrics import load_model
 from tltk.rundir import RunDir, open_run
 
-WEIGHTS = ("best", "final")
+WEIGHTS = ("best", "final", "ema")
 EXPORT_FORMATS = ("keras", "savedmodel", "tflite")
 OUTPUT_FORMATS = ("table", "json", "csv")
 
 
 def load_run_model(run_dir: str | Path, weights: str = "best"):
-    """A run's `best.keras` or `final.keras`, loaded in safe mode."""
+    """A run's `best.keras`, `final.keras` or `ema.keras`, loaded in safe mode."""
+    return load_model(run_model_path(run_dir, weights))
+
+
+def run_model_path(run_dir: str | Path, weights: str = "best") -> Path:
+    """The path of a run's `<weights>.keras`; a missing `ema.keras` says how to get one."""
     if weights not in WEIGHTS:
         raise TltkError(f"--weights: '{weights}' is not one of {', '.join(WEIGHTS)}")
-    return load_model(open_run(run_dir).file(f"{weights}.keras"))
+    path = open_run(run_dir).file(f"{weights}.keras")
+    if weights == "ema" and not path.is_file():
+        raise TltkError(f"--weights ema: {path.parent} has no ema.keras; only runs with a "
+                        "stage's ema set have one (e.g. --set stages.finetune.ema=0.999)")
+    return path
 
 
 def input_size(model) -> int:

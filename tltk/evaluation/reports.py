@@ -32,7 +32,8 @@ from tltk.evaluation.metrics import default_k
 from tltk.rundir import RunDir, open_run, write_csv, write_text
 
 SPLIT_ORDER = ("train", "val", "test")
-WEIGHTS_ORDER = ("original", "best", "final", "ensemble")
+WEIGHTS_ORDER = ("original", "best", "best+tta", "final", "final+tta", "ema", "ema+tta",
+                 "ensemble")
 REPORT_DIR = "report"
 
 

@@ -134,7 +134,8 @@ def unfreeze_for(depth: int | str, spec: BackboneSpec) -> int | str:
 def condition_config(base: RunConfig, spec: BackboneSpec, cond: Condition, out: Path,
                      scratch_epochs: int) -> RunConfig:
     """The run config of one condition: fixed split, the condition's size, depth and seed."""
-    # Every condition and repeat evaluates on the split the base config's seed draws.
+    # Every condition and repeat evaluates on the base config's split: its fixed
+    # data.split_seed (0 by default), or its seed when split_seed is None.
     split_seed = base.seed if base.data.split_seed is None else base.data.split_seed
     data = replace(base.data, per_class=cond.per_class, split_seed=split_seed)
     config = replace(base, data=data, seed=base.seed + cond.repeat,

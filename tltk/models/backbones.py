@@ -263,12 +263,18 @@ def resolve_unfreeze(spec: BackboneSpec, unfreeze) -> list[str] | str:
     return names
 
 
-def set_trainable(model: keras.Model, spec: BackboneSpec, unfreeze) -> list[str]:
-    """Make the chosen blocks trainable; everything else, and all BatchNorm, frozen.
+def set_trainable(model: keras.Model, spec: BackboneSpec, unfreeze,
+                  batchnorm: str = "frozen") -> list[str]:
+    """Make the chosen blocks trainable; everything else frozen, and BatchNorm too
+    unless `batchnorm="train"` (then BatchNorm in the chosen blocks is trainable).
 
     Frozen BatchNormalization layers run in inference mode in Keras 3, so their
     ImageNet statistics are never updated by small fine-tuning batches. The scratch
     baseline is trained whole. Returns the names of the trainable blocks.
+
+    Example:
+        >>> set_trainable(base, spec, unfreeze=1, batchnorm="train")
+        ['block5']
     """
     if not spec.pretrained:
         model.trainable = True
@@ -283,7 +289,7 @@ def set_trainable(model: keras.Model, spec: BackboneSpec, unfreeze) -> list[str]
         trainable = {layer for block in chosen for layer in groups[block]}
     for layer in model.layers:
         is_bn = isinstance(layer, keras.layers.BatchNormalization)
-        layer.trainable = layer in trainable and not is_bn
+        layer.trainable = layer in trainable and (batchnorm == "train" or not is_bn)
     return chosen
 
 

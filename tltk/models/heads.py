@@ -67,14 +67,16 @@ def feature_extractor(model: keras.Model) -> keras.Model:
                        name="feature_extractor")
 
 
-def split_at_blocks(model: keras.Model, spec: BackboneSpec, blocks: list[str]):
+def split_at_blocks(model: keras.Model, spec: BackboneSpec, blocks: list[str],
+                    train_batchnorm: bool = False):
     """Split a classifier where its trainable part begins, for activation caching.
 
     With no trainable blocks, the cut is the pooled features: (feature extractor,
     head). Otherwise it is the output of the layer just below the lowest trainable
     block: (image -> that activation, activation -> class probabilities). Both
     halves share the classifier's layers, so training the upper half trains it.
-    Returns (lower, upper, name of the layer at the cut).
+    With `train_batchnorm`, the trainable blocks run in training mode (their trainable
+    BatchNorm uses batch statistics). Returns (lower, upper, name of the layer at the cut).
     """
     if not blocks:
         return feature_extractor(model), model.get_layer("head"), "head_pool"
@@ -89,8 +91,28 @@ def split_at_blocks(model: keras.Model, spec: BackboneSpec, blocks: list[str]):
     top = keras.Model(boundary, base.output, name="trainable_part")
     act = keras.Input(boundary.shape[1:], name="activations")
     # As in the whole classifier, the pretrained part runs in inference mode.
-    probs = model.get_layer("head")(model.get_layer("head_pool")(top(act, training=False)))
+    features = top(act) if train_batchnorm else top(act, training=False)
+    probs = model.get_layer("head")(model.get_layer("head_pool")(features))
     return lower, keras.Model(act, probs, name="upper_classifier"), base.layers[first - 1].name
+
+
+def training_view(model: keras.Model) -> keras.Model:
+    """The classifier with its backbone called in training mode; it shares every layer.
+
+    `build_classifier` calls a pretrained backbone with `training=False`, so its
+    BatchNorm runs in inference mode whatever its `trainable` flag. Fitting this view
+    instead, trainable BatchNorm layers use batch statistics and update their moving
+    statistics; frozen ones still run in inference mode, as Keras 3 runs every frozen
+    BatchNorm. Dropout inside the backbone, if it has any, is active too.
+
+    Example:
+        >>> training_view(model).get_layer("head") is model.get_layer("head")
+        True
+    """
+    inputs = keras.Input(model.inputs[0].shape[1:], name="image")
+    x = backbone_of(model)(model.get_layer("preprocess")(inputs))
+    outputs = model.get_layer("head")(model.get_layer("head_pool")(x))
+    return keras.Model(inputs, outputs, name=f"{model.name}_training")
 
 
 def backbone_of(model: keras.Model) -> keras.Model:

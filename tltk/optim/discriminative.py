@@ -145,6 +145,8 @@ def make_optimizer(stage: StageConfig, model, lr, groups: dict[str, list] | None
     kwargs = {"momentum": stage.momentum} if takes_momentum else {}
     if stage.clipnorm is not None:
         kwargs["global_clipnorm"] = stage.clipnorm
+    if stage.ema is not None:  # Keras's own weight averaging; fit ends on the average
+        kwargs.update(use_ema=True, ema_momentum=stage.ema)
     if stage.block_lr_decay is None and stage.head_lr_mult == 1.0:
         return plain(learning_rate=lr, **kwargs)
     if stage.block_lr_decay is not None and not 0 < stage.block_lr_decay <= 1:

@@ -1,9 +1,12 @@
 """Learning-rate schedules for one training stage.
 
 A stage's `schedule` is `constant`, `step` (driven by `lr_steps`), `cosine` (annealed
-to `schedule_args["min_lr"]` over the stage) or `sgdr` (cosine with warm restarts,
-Loshchilov & Hutter 2017: `period` in epochs, `t_mul`, `m_mul`, `min_lr`), with an
-optional linear warmup of `warmup_epochs` in front. Schedules are functions of the
+to `schedule_args["min_lr"]` over the stage), `sgdr` (cosine with warm restarts,
+Loshchilov & Hutter 2017: `period` in epochs, `t_mul`, `m_mul`, `min_lr`) or
+`onecycle` (fastai's one-cycle: `pct_start`, `div_factor`, `final_div_factor`), with an
+optional linear warmup of `warmup_epochs` in front (not for `onecycle`, which warms up
+itself). Warm-up then cosine, as MediaPipe Model Maker trains, is `schedule: cosine`
+with `warmup_epochs: 1` or more. Schedules are functions of the
 optimizer's step counter, which starts at 0 with each stage's fresh optimizer and is
 saved with it, so a resumed stage continues where it stopped. Without warmup they are
 Keras' own schedules, so saved models load with plain Keras; a warmup wraps them in
@@ -19,6 +22,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import ops
 
@@ -31,7 +36,46 @@ SCHEDULE_ARGS = {
     "step": {},
     "cosine": {"min_lr": 0.0},
     "sgdr": {"period": 10, "t_mul": 2.0, "m_mul": 1.0, "min_lr": 0.0},
+    # fastai's fit_one_cycle defaults: start at lr/25, peak at a quarter, end at lr/1e5.
+    "onecycle": {"pct_start": 0.25, "div_factor": 25.0, "final_div_factor": 1e5},
 }
+
+
+@keras.saving.register_keras_serializable(package="tltk")
+class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+    """fastai's one-cycle rate over `total_steps`: two cosine half-waves.
+
+    From `lr / div_factor` up to `lr` over the first `pct_start` of the steps, then
+    down to `lr / final_div_factor` (relative to the peak, as fastai's `div_final`;
+    PyTorch's OneCycleLR divides the start instead). Momentum is not cycled: Keras
+    optimizers take a fixed momentum.
+
+    Example:
+        >>> schedule = OneCycle(0.01, total_steps=100, pct_start=0.25)
+        >>> [round(float(schedule(s)), 6) for s in (0, 25, 100)]
+        [0.0004, 0.01, 0.0]
+    """
+
+    def __init__(self, lr: float, total_steps: int, pct_start: float = 0.25,
+                 div_factor: float = 25.0, final_div_factor: float = 1e5):
+        self.lr, self.total_steps = float(lr), int(total_steps)
+        self.pct_start = float(pct_start)
+        self.div_factor, self.final_div_factor = float(div_factor), float(final_div_factor)
+
+    def __call__(self, step):
+        position = ops.minimum(ops.cast(step, "float32") / float(self.total_steps), 1.0)
+        start, end = self.lr / self.div_factor, self.lr / self.final_div_factor
+        rising = position < self.pct_start
+        progress = ops.where(rising, position / self.pct_start,
+                             (position - self.pct_start) / (1.0 - self.pct_start))
+        low = ops.where(rising, start, end)
+        # A cosine from `low` at progress 1 (rising: 0) to the peak `lr`.
+        wave = (1.0 + ops.cos(ops.where(rising, 1.0 - progress, progress) * math.pi)) / 2.0
+        return low + (self.lr - low) * wave
+
+    def get_config(self):
+        return {"lr": self.lr, "total_steps": self.total_steps, "pct_start": self.pct_start,
+                "div_factor": self.div_factor, "final_div_factor": self.final_div_factor}
 
 
 @keras.saving.register_keras_serializable(package="tltk")
@@ -100,6 +144,9 @@ def make_lr(stage: StageConfig, steps_per_epoch: int):
                                    and name in ("cosine", "sgdr")):
         raise TltkError(f"{where}.warmup_epochs: {stage.warmup_epochs} leaves no epochs for "
                         f"the {name} schedule of a {stage.epochs}-epoch stage; lower it")
+    if stage.warmup_epochs and name == "onecycle":
+        raise TltkError(f"{where}.warmup_epochs: the onecycle schedule warms up by itself "
+                        "(schedule_args.pct_start); set warmup_epochs: 0")
     if stage.lr_steps and name != "step":
         raise TltkError(f"{where}.lr_steps: only the step schedule uses lr_steps; "
                         f"remove them or set schedule: step (got schedule: {name})")
@@ -131,6 +178,8 @@ def _main_schedule(stage, name, args, steps_per_epoch, warmup_steps, where):
         # epoch e has its boundary on the last step of epoch e - 1.
         return keras.optimizers.schedules.PiecewiseConstantDecay(
             [e * steps_per_epoch - 1 for e in epochs], [lr, *values])
+    if name == "onecycle":
+        return _one_cycle(lr, stage.epochs * steps_per_epoch, args, where)
     alpha = _min_lr_fraction(args["min_lr"], lr, where)
     if name == "cosine":
         decay_steps = stage.epochs * steps_per_epoch - warmup_steps
@@ -140,6 +189,14 @@ def _main_schedule(stage, name, args, steps_per_epoch, warmup_steps, where):
     return keras.optimizers.schedules.CosineDecayRestarts(
         lr, first_decay_steps=int(round(args["period"] * steps_per_epoch)),
         t_mul=float(args["t_mul"]), m_mul=float(args["m_mul"]), alpha=alpha)
+
+
+def _one_cycle(lr: float, total_steps: int, args: dict, where: str) -> OneCycle:
+    if not 0 < args["pct_start"] < 1 or args["div_factor"] < 1 or args["final_div_factor"] < 1:
+        raise TltkError(f"{where}.schedule_args: onecycle needs 0 < pct_start < 1, "
+                        f"div_factor >= 1 and final_div_factor >= 1 (got {args})")
+    return OneCycle(lr, total_steps, float(args["pct_start"]), float(args["div_factor"]),
+                    float(args["final_div_factor"]))
 
 
 def _check_lr_steps(lr_steps, where: str) -> tuple[list[int], list[float]]:
