@@ -12,7 +12,7 @@ import importlib
 import sys
 
 BENCHMARKS = {"b1": "b1_augment", "b2": "b2_feature_cache", "b3": "b3_pipeline",
-              "b4": "b4_extraction", "b5": "b5_time_to_accuracy"}
+              "b4": "b4_extraction", "b5": "b5_time_to_accuracy", "b6": "b6_recipes"}
 
 
 def main(argv: list[str]) -> None:

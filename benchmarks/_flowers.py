@@ -45,13 +45,24 @@ def require_assets() -> None:
                          f"weights); not found at {SHARED}")
 
 
+def flowers_split(per_class: int | None = None, val_fraction: float = 0.3,
+                  test_fraction: float = 0.0) -> tuple[Dataset, DataConfig]:
+    """flowers-128 split stratified with SEED (train optionally subsampled per class).
+
+    Example:
+        >>> dataset, cfg = flowers_split(val_fraction=0.15, test_fraction=0.15)
+    """
+    require_assets()
+    cfg = DataConfig(dataset="folder", path=str(FLOWERS), image_size=IMAGE_SIZE,
+                     val_fraction=val_fraction, test_fraction=test_fraction,
+                     per_class=per_class)
+    return tltk_data.load(cfg, seed=SEED), cfg
+
+
 def flowers_setup(per_class: int | None = None, val_fraction: float = 0.3) -> FlowersSetup:
     """flowers-128 split 70/30 (train optionally subsampled) and a frozen MobileNetV2."""
-    require_assets()
     keras.utils.set_random_seed(SEED)
-    cfg = DataConfig(dataset="folder", path=str(FLOWERS), image_size=IMAGE_SIZE,
-                     val_fraction=val_fraction, test_fraction=0.0, per_class=per_class)
-    dataset = tltk_data.load(cfg, seed=SEED)
+    dataset, cfg = flowers_split(per_class, val_fraction)
     spec = get_backbone("mobilenetv2")
     base = build_backbone(spec, str(WEIGHTS), IMAGE_SIZE)
     base.trainable = False

@@ -1,12 +1,16 @@
-"""The comparison script for B5: transfer learning as the Keras guide teaches it.
+"""Transfer learning as the Keras guide teaches it (B5's and B6's comparison script).
 
-A frozen base called with `training=False`, augmentation layers inside the model, a
-dropout + linear head trained with Adam; then the whole base unfrozen and trained on
-at a low Adam rate. Images come through a plain cached tf.data pipeline. It runs on
-the same flowers-128 split and MobileNetV2 weights as tltk, so only the method differs.
+keras.io, "Transfer learning & fine-tuning" (fchollet): a frozen base called with
+`training=False`, augmentation layers inside the model, a dropout 0.2 + linear head
+trained with Adam (default rate); then the whole base unfrozen and trained on at
+Adam 1e-5, its BatchNorm still in inference mode because of `training=False`.
+`guide_model` and `compile_stage` work with any base (B6 runs MobileNetV2 and
+EfficientNet-Lite0); `train_keras_guide` is B5's MobileNetV2 run on a plain cached
+tf.data pipeline, on the same flowers-128 split and weights as tltk.
 
 Example:
     >>> history = train_keras_guide(setup, stop=TimeToTarget(0.7))
+    >>> model = guide_model(base, keras.layers.Identity(), 5, 160, guide_augmentation())
 """
 
 from __future__ import annotations
@@ -36,37 +40,60 @@ def datasets(setup: FlowersSetup):
     return train.prefetch(tf.data.AUTOTUNE), val.prefetch(tf.data.AUTOTUNE)
 
 
-def build(num_classes: int) -> tuple[keras.Model, keras.Model]:
-    base = keras.applications.MobileNetV2(weights=None, include_top=False,
-                                          input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3))
-    base.load_weights(str(WEIGHTS))
-    base.trainable = False
-    augmentation = keras.Sequential([
+def guide_augmentation() -> keras.Sequential:
+    """The guide's own augmentation: horizontal flips and rotations up to 0.1 turn."""
+    return keras.Sequential([keras.layers.RandomFlip("horizontal"),
+                             keras.layers.RandomRotation(0.1)], name="augmentation")
+
+
+def b5_augmentation() -> keras.Sequential:
+    """B5's augmentation, as B5 was measured with: the guide's plus shifts and zoom."""
+    return keras.Sequential([
         keras.layers.RandomFlip("horizontal"), keras.layers.RandomRotation(10 / 360),
         keras.layers.RandomTranslation(0.1, 0.1), keras.layers.RandomZoom(0.1)])
-    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
-    x = augmentation(inputs)
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(x)
+
+
+def guide_model(base: keras.Model, preprocess: keras.layers.Layer, num_classes: int,
+                size: int, augmentation: keras.layers.Layer) -> keras.Model:
+    """The guide's classifier around `base` (frozen here): raw 0-255 RGB in, softmax out."""
+    base.trainable = False
+    inputs = keras.Input((size, size, 3))
+    x = preprocess(augmentation(inputs))
+    # training=False keeps BatchNorm in inference mode, also once the base is unfrozen.
     x = base(x, training=False)
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Dropout(0.2)(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax")(x)
-    return keras.Model(inputs, outputs), base
+    return keras.Model(inputs, outputs)
+
+
+def compile_stage(model: keras.Model, base: keras.Model, stage: str) -> None:
+    """Compile for the guide's `frozen` (Adam default) or `finetune` (Adam 1e-5) stage."""
+    base.trainable = stage == "finetune"
+    rate = FINETUNE_LR if stage == "finetune" else 1e-3
+    model.compile(keras.optimizers.Adam(rate), "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+
+
+def build(num_classes: int) -> tuple[keras.Model, keras.Model]:
+    base = keras.applications.MobileNetV2(weights=None, include_top=False,
+                                          input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3))
+    base.load_weights(str(WEIGHTS))
+    model = guide_model(base, keras.layers.Rescaling(1 / 127.5, offset=-1), num_classes,
+                        IMAGE_SIZE, b5_augmentation())
+    return model, base
 
 
 def train_keras_guide(setup: FlowersSetup, stop: keras.callbacks.Callback) -> list[float]:
     """Frozen then fine-tuned, stopping when `stop` says so; returns val accuracy per epoch."""
     train, val = datasets(setup)
     model, base = build(setup.dataset.num_classes)
-    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    compile_stage(model, base, "frozen")
     history = model.fit(train, validation_data=val, epochs=FROZEN_EPOCHS, callbacks=[stop],
                         verbose=0).history["val_accuracy"]
     if model.stop_training:
         return history
-    base.trainable = True
-    model.compile(keras.optimizers.Adam(FINETUNE_LR), "sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    compile_stage(model, base, "finetune")
     more = model.fit(train, validation_data=val, epochs=FINETUNE_EPOCHS, callbacks=[stop],
                      verbose=0)
     return history + more.history["val_accuracy"]
