@@ -10,8 +10,13 @@ Example:
     >>> model, class_names = tltk.load_model(result.run_dir)
 """
 
+import os
 import sys
 from contextlib import nullcontext as _nullcontext
+
+# TensorFlow's native (C++) warnings bury tltk's lines; set TF_CPP_MIN_LOG_LEVEL=0 to
+# see them. It must be set before TensorFlow is first imported, which happens below.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tltk.config import AugmentConfig, DataConfig, HeadConfig, RunConfig, StageConfig
 from tltk.errors import TltkError

@@ -395,8 +395,16 @@ class RunDir:
         return names
 
     def metrics(self) -> pd.DataFrame:
-        return read_csv(self.path / "metrics.csv", ["weights", "split", "top1", "topk", "k"],
-                        ["top1", "topk", "k"], REEVALUATE)
+        """metrics.csv, checked; a trained run's has best and final rows for every split."""
+        path = self.path / "metrics.csv"
+        frame = read_csv(path, ["weights", "split", "top1", "topk", "k"],
+                         ["top1", "topk", "k"], REEVALUATE)
+        splits = {w: set(frame.loc[frame["weights"] == w, "split"]) for w in ("best", "final")}
+        if any(splits.values()) and splits["best"] != splits["final"]:
+            # A file cut at a line boundary parses; its missing rows show here.
+            raise damaged(path, "damaged (best and final rows do not cover the same splits: "
+                          "truncated?)", REEVALUATE)
+        return frame
 
     def history(self) -> pd.DataFrame:
         return read_csv(self.path / "history.csv", ["epoch", "stage"], ["epoch"])

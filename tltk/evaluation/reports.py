@@ -93,8 +93,7 @@ def read_metrics(run_dir: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise TltkError(f"RUN: {run_dir} has no metrics.csv (the run has not been evaluated); "
                         f"run `tltk evaluate {run_dir} --write` first")
-    return read_csv(path, ["weights", "split", "top1", "topk", "k"], ["top1", "topk", "k"],
-                    REEVALUATE)
+    return RunDir(run_dir).metrics()
 
 
 def run_labels(run_dirs) -> list[str]:
