@@ -400,7 +400,10 @@ class RunDir:
         frame = read_csv(path, ["weights", "split", "top1", "topk", "k"],
                          ["top1", "topk", "k"], REEVALUATE)
         splits = {w: set(frame.loc[frame["weights"] == w, "split"]) for w in ("best", "final")}
-        if any(splits.values()) and splits["best"] != splits["final"]:
+        # A trained run (its stages are in run.json) evaluates both; others may hold one.
+        trained = path.with_name(STATUS_FILE).is_file() and bool((self.status() or {}).get(
+            "stages"))
+        if (splits["final"] or trained) and splits["best"] != splits["final"]:
             # A file cut at a line boundary parses; its missing rows show here.
             raise damaged(path, "damaged (best and final rows do not cover the same splits: "
                           "truncated?)", REEVALUATE)
