@@ -7,13 +7,14 @@ Example:
 
 from __future__ import annotations
 
-import keras
-
+# tltk first: its import of TensorFlow keeps the native start-up lines off stderr.
 from tltk.models import backbones
 
 
-def build_tiny(input_shape, weights=None) -> keras.Model:
+def build_tiny(input_shape, weights=None):
     """Two named conv blocks: a 'pretrained' backbone small enough for fast tests."""
+    import keras
+
     inputs = keras.Input(input_shape)
     x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu",
                             name="block1_conv")(inputs)
