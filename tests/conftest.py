@@ -11,12 +11,12 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
+from tests.tiny import TINY, build_tiny  # noqa: E402, F401
 from tltk.models import backbones  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,20 +50,7 @@ def _clear_keras():
 
 # --- a tiny "pretrained" backbone ----------------------------------------------------
 
-def build_tiny(input_shape, weights=None) -> keras.Model:
-    """Two named conv blocks: a 'pretrained' backbone small enough for fast tests."""
-    inputs = keras.Input(input_shape)
-    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu",
-                            name="block1_conv")(inputs)
-    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu",
-                            name="block2_conv")(x)
-    return keras.Model(inputs, x, name="tiny")
-
-
-# Frozen stages of a pretrained backbone train on cached features, as VGG16's would.
-TINY = backbones.BackboneSpec(name="tiny", description="a two-block test CNN", builder=build_tiny,
-                              preprocess="tf", default_size=32, min_size=32,
-                              blocks=("block2", "block1"))
+# build_tiny and TINY live in tests/tiny.py, which subprocesses import without pytest.
 
 
 def build_tiny_bn(input_shape, weights=None) -> keras.Model:

@@ -1,7 +1,10 @@
 """The `tltk` command line.
 
-Every command turns a `TltkError` into one line on stderr and exit status 2;
-`tltk --debug ...` shows the traceback instead.
+Exit status: 0 when everything asked for was done; 1 when some inputs failed (e.g.
+unreadable images given to `predict`: the others are still predicted); 2 for an error
+the user must fix first (a bad argument or a damaged file), printed as one line on
+stderr (`tltk --debug ...` shows the traceback); 130 after Ctrl-C, which leaves a
+training run resumable. `tltk --verbose ...` shows Keras and TensorFlow detail.
 
 Example:
     $ tltk train demo
@@ -22,6 +25,9 @@ from tltk.errors import TltkError
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
 class TltkGroup(click.Group):
     """A click group that prints user errors as one line (tracebacks with --debug)."""
 
@@ -32,36 +38,54 @@ class TltkGroup(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()
             click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+            sys.exit(EXIT_USAGE)
+        except KeyboardInterrupt:
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            click.echo(f"interrupted{_resume_hint(ctx)}", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+
+def _resume_hint(ctx) -> str:
+    """'; resume with ...' when Ctrl-C stopped a training run, which is then resumable."""
+    run = (ctx.obj or {}).get("run_dir")
+    if not run:
+        return ""
+    return f": {run} is resumable; continue it with `tltk train --resume {run}`"
 
 
 @click.group(cls=TltkGroup)
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.option("--verbose", is_flag=True,
+              help="Show Keras and TensorFlow detail (loader warnings, retracing notices).")
 @click.version_option(package_name="tltk")
 @click.pass_context
-def main(ctx, debug):
-    """tltk: transfer learning for image classification on Keras 3."""
-    ctx.obj = {"debug": debug}
+def main(ctx, debug, verbose):
+    """tltk: transfer learning for image classification on Keras 3.
+
+    Exit status: 0 all done, 1 some inputs failed, 2 an error to fix first,
+    130 interrupted (Ctrl-C).
+    """
+    from tltk.log import set_verbose
+
+    ctx.obj = {"debug": debug, "verbose": verbose}
+    set_verbose(verbose)
     if not debug:
         _quiet_tensorflow_startup()
 
 
 def _quiet_tensorflow_startup() -> None:
-    """Import TensorFlow and probe devices with C++ stderr muted.
+    """Probe devices with C++ stderr muted.
 
     TensorFlow's native start-up messages (oneDNN notices, CUDA probing on CPU-only
     machines) bypass TF_CPP_MIN_LOG_LEVEL; they would bury the few lines users need.
     """
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
+    from tltk.log import native_stderr_muted
+
+    with native_stderr_muted():
         import tensorflow as tf
 
         tf.config.list_physical_devices()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def _overrides(**flags) -> dict:
@@ -122,6 +146,7 @@ def _config(recipe, config_file, flags, sets=(), **stage_fields):
 
 
 @main.command()
+@click.pass_context
 @click.argument("recipe", required=False)
 @click.option("--resume", "resume_dir", type=click.Path(),
               help="Continue the interrupted run in RUN_DIR after its last completed epoch.")
@@ -150,7 +175,7 @@ def _config(recipe, config_file, flags, sets=(), **stage_fields):
 @click.option("--unfreeze-blocks", type=int, default=3, show_default=True,
               help="How many top blocks --unfreezing thaws.")
 @set_option
-def train(recipe, config_file, epochs_head, epochs_finetune, cache_features, resume_dir,
+def train(ctx, recipe, config_file, epochs_head, epochs_finetune, cache_features, resume_dir,
           mixup, unfreezing, unfreeze_blocks, sets, **flags):
     """Train RECIPE (see `tltk recipes`) and evaluate best and final weights.
 
@@ -173,7 +198,8 @@ def train(recipe, config_file, epochs_head, epochs_finetune, cache_features, res
         config = _config(recipe, config_file, flags, sets, mixup=mixup, **stage_fields)
         if unfreezing:
             config = restage(config, unfreezing, unfreeze_blocks)
-    train_config(config)
+    # Ctrl-C leaves the run directory resumable; the hint names it (see TltkGroup).
+    train_config(config, on_start=lambda run: ctx.obj.update(run_dir=str(run.path)))
 
 
 def _resume_config(run_dir, recipe, config_file, flags, stage_fields):
@@ -193,11 +219,13 @@ def _resume_config(run_dir, recipe, config_file, flags, stage_fields):
 @main.command()
 @click.argument("run_dir", type=click.Path())
 @click.option("--weights", "which", type=click.Choice(["best", "final", "both"]), default="both")
-def evaluate(run_dir, which):
+@click.option("--write", is_flag=True,
+              help="Also rewrite the run's metrics.csv and predictions/ (e.g. when damaged).")
+def evaluate(run_dir, which, write):
     """Re-evaluate a run's saved models on every split and print the table."""
     from tltk.evaluation.metrics import evaluate_run
 
-    evaluate_run(run_dir, which=which)
+    evaluate_run(run_dir, which=which, write=write)
 
 
 @main.command()
@@ -237,9 +265,12 @@ def predict_command(run_dir, images, top, weights, fmt):
 
     results = predict_files(run_dir, images, top=top, weights=weights)
     click.echo(format_predictions(results, fmt))
-    failed = sum("error" in r for r in results)
+    failed = [r["path"] for r in results if "error" in r]
     if failed:
-        click.echo(f"{failed} of {len(results)} file(s) could not be read", err=True)
+        shown = ", ".join(failed[:5]) + (", ..." if len(failed) > 5 else "")
+        click.echo(f"{len(failed)} of {len(results)} file(s) could not be read: {shown}",
+                   err=True)
+        sys.exit(EXIT_PARTIAL)
 
 
 @main.command("export")

@@ -215,7 +215,18 @@ class RunConfig:
         path = Path(path)
         if not path.is_file():
             raise TltkError(f"--config: file not found: {path}")
-        return cls.from_yaml(path.read_text(), source=str(path))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise TltkError(f"{path}: cannot be read ({reason}); fix or replace the "
+                            "file") from None
+        try:
+            return cls.from_yaml(text, source=str(path))
+        except TltkError as exc:  # a bad key or value: say which file holds it
+            if str(path) in str(exc):
+                raise
+            raise TltkError(f"{path}: {exc}") from None
 
     # --- validation -------------------------------------------------------
     def validate(self) -> None:

@@ -17,6 +17,10 @@ An unfinished run whose config matches is resumed, not restarted; while a proces
 trains into a run directory it holds an exclusive lock on it, so a second process
 pointed at the same `--out` is refused instead of interleaving its writes.
 
+Every file is also checked when it is read back (`read_json`, `read_yaml`, `read_csv`,
+`read_npz`): a missing, truncated, garbled or wrongly shaped file is a one-line
+`TltkError` that names it, says what is wrong and what to do, never a traceback.
+
 Example:
     >>> run = RunDir.create("runs/x", config)
     >>> run.write_json("classes.json", ["cat", "dog"])
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import io
 import json
 import os
@@ -36,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+from pandas.errors import EmptyDataError, ParserError
 
 from tltk.errors import TltkError
 
@@ -46,6 +52,9 @@ RUNTIME_KEYS = ("out", "strategy")
 # Write failures the user fixes outside tltk (space, permissions, a read-only mount).
 STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES,
                   errno.EPERM, errno.ENOTDIR}
+# What to do about a damaged file, by what can remake it.
+RETRAIN = "retrain into a new --out (or delete the run folder and train again)"
+REEVALUATE = "rewrite it with `tltk evaluate RUN --write`"
 
 
 def storage_error(path: Path, exc: OSError) -> TltkError:
@@ -118,6 +127,152 @@ def write_npz(path: Path, **arrays) -> None:
     write_bytes(path, buffer.getvalue())
 
 
+# --- reading back ----------------------------------------------------------------
+
+def damaged(path: Path, problem: str, fix: str = RETRAIN) -> TltkError:
+    """The one-line error for a file tltk cannot use: which file, what is wrong, what to do.
+
+    Example:
+        >>> str(damaged(Path("runs/x/classes.json"), "not valid JSON"))
+        'runs/x/classes.json: not valid JSON; retrain into a new --out (or delete ...)'
+    """
+    return TltkError(f"{path}: {problem}; {fix}")
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:100]
+
+
+def read_bytes(path: Path, fix: str = RETRAIN) -> bytes:
+    """The bytes of `path`; a missing or unreadable file is a `TltkError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise damaged(path, "missing", fix)
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise damaged(path, f"cannot be read ({exc.strerror or _reason(exc)})", fix) from None
+
+
+def read_text(path: Path, fix: str = RETRAIN) -> str:
+    try:
+        return read_bytes(path, fix).decode("utf-8")
+    except UnicodeDecodeError:
+        raise damaged(path, "damaged (not UTF-8 text)", fix) from None
+
+
+def _check_type(path: Path, data, expect: type | None, fix: str):
+    if expect is not None and not isinstance(data, expect):
+        raise damaged(path, f"damaged (expected a {_kind(expect)}, got "
+                      f"{_kind(type(data))})", fix)
+    return data
+
+
+def _kind(cls: type) -> str:
+    return {dict: "mapping", list: "list", str: "string"}.get(cls, cls.__name__)
+
+
+def read_json(path: Path, expect: type | None = None, fix: str = RETRAIN):
+    """Parse a JSON file, checking its top-level type.
+
+    Example:
+        >>> read_json(Path("runs/x/classes.json"), list)
+        ['cat', 'dog']
+    """
+    text = read_text(path, fix)
+    try:
+        data = json.loads(text)
+    except ValueError:
+        problem = "empty" if not text.strip() else "damaged (not valid JSON)"
+        raise damaged(path, problem, fix) from None
+    return _check_type(path, data, expect, fix)
+
+
+def read_yaml(path: Path, expect: type | None = dict, fix: str = RETRAIN):
+    """Parse a YAML file (safe loader), checking its top-level type."""
+    text = read_text(path, fix)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise damaged(path, "damaged (not valid YAML)", fix) from None
+    if data is None:
+        raise damaged(path, "empty", fix)
+    return _check_type(path, data, expect, fix)
+
+
+def read_csv(path: Path, columns=(), numeric=(), fix: str = RETRAIN, **kwargs) -> pd.DataFrame:
+    """Read a CSV that must have `columns`; `numeric` ones must be complete numbers.
+
+    A truncated file usually ends in a short row, whose missing cells fail that check.
+    """
+    read_bytes(path, fix)  # missing or unreadable
+    try:
+        frame = pd.read_csv(path, **kwargs)
+    except EmptyDataError:
+        raise damaged(path, "empty", fix) from None
+    except (ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise damaged(path, f"damaged ({_reason(exc)})", fix) from None
+    lacking = [c for c in columns if c not in frame.columns]
+    if lacking:
+        raise damaged(path, f"damaged (no column {', '.join(lacking)})", fix)
+    for column in numeric:
+        values = pd.to_numeric(frame[column], errors="coerce")
+        if values.isna().any():
+            raise damaged(path, f"damaged (column {column} has missing or non-numeric "
+                          "values)", fix)
+    return frame
+
+
+def read_npz(path: Path, keys=(), fix: str = RETRAIN) -> dict[str, np.ndarray]:
+    """All arrays of an `.npz` file (no pickle); the zip's CRCs catch flipped bytes."""
+    read_bytes(path, fix)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except Exception as exc:  # zipfile, zlib, numpy and OS errors all mean "damaged"
+        raise damaged(path, f"damaged ({_reason(exc)})", fix) from None
+    lacking = [k for k in keys if k not in arrays]
+    if lacking:
+        raise damaged(path, f"damaged (no array {', '.join(lacking)})", fix)
+    return arrays
+
+
+def file_checksum(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in chunks (caches can be gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checksum_path(path: Path) -> Path:
+    return Path(f"{path}.sha256")
+
+
+def write_checksum(path: Path) -> None:
+    """Write `<path>.sha256` beside a finished file; it is written after the file, so
+    a kill in between leaves a file without one, which `verify_checksum` rejects."""
+    write_text(checksum_path(path), file_checksum(path) + "\n")
+
+
+def verify_checksum(path: Path) -> str | None:
+    """None when `path` matches its `.sha256` sidecar, else what is wrong.
+
+    Example:
+        >>> verify_checksum(Path("cache/ab12.npz"))  # None: intact
+    """
+    sidecar = checksum_path(path)
+    try:
+        expected = sidecar.read_text().strip()
+        actual = file_checksum(path)
+    except OSError as exc:
+        missing = isinstance(exc, FileNotFoundError)
+        return "no checksum (unfinished write)" if missing else f"unreadable ({exc.strerror})"
+    return None if actual == expected else "checksum mismatch (truncated or damaged)"
+
+
 def save_model(model, path: Path) -> None:
     """Save a Keras model to a `.keras` file atomically."""
     with atomic_path(path) as tmp:
@@ -169,12 +324,17 @@ class RunDir:
         return run
 
     def _check_resumable(self, config_yaml: str) -> None:
-        status = (self.status() or {}).get("status")
+        try:
+            status = (self.status() or {}).get("status")
+            saved = read_text(self.path / "config.yaml")
+        except TltkError:
+            self.close()
+            raise
         if status == "complete":
             self.close()
             raise TltkError(f"--out: {self.path} already holds a finished run; "
                             "choose another --out")
-        if not same_run((self.path / "config.yaml").read_text(), config_yaml):
+        if not same_run(saved, config_yaml):
             self.close()
             raise TltkError(f"--out: {self.path} holds an unfinished run with a different "
                             "config; rerun it with its own settings (--resume "
@@ -205,8 +365,9 @@ class RunDir:
         return self.path / name
 
     def status(self) -> dict | None:
+        """run.json, or None when there is none yet."""
         path = self.path / STATUS_FILE
-        return json.loads(path.read_text()) if path.is_file() else None
+        return read_json(path, dict) if path.exists() else None
 
     def set_status(self, status: str, **extra) -> None:
         """Update run.json; a `None` value removes that key (e.g. a cleared error)."""
@@ -217,22 +378,54 @@ class RunDir:
     def write_json(self, name: str, data) -> None:
         write_text(self.path / name, json.dumps(data, indent=2) + "\n")
 
-    def read_json(self, name: str):
-        return json.loads((self.path / name).read_text())
+    def read_json(self, name: str, expect: type | None = None, fix: str = RETRAIN):
+        return read_json(self.path / name, expect, fix)
+
+    def config_dict(self) -> dict:
+        """config.yaml as a plain mapping (checked to be one)."""
+        return read_yaml(self.path / "config.yaml", dict)
 
     def class_names(self) -> list[str]:
-        return self.read_json("classes.json")
+        """classes.json: a non-empty list of distinct names."""
+        path = self.path / "classes.json"
+        names = read_json(path, list)
+        if not names or not all(isinstance(n, str) for n in names) or \
+                len(set(names)) != len(names):
+            raise damaged(path, "damaged (expected a list of distinct class names)")
+        return names
 
     def metrics(self) -> pd.DataFrame:
-        return pd.read_csv(self.path / "metrics.csv")
+        """metrics.csv, checked; a trained run's has best and final rows for every split."""
+        path = self.path / "metrics.csv"
+        frame = read_csv(path, ["weights", "split", "top1", "topk", "k"],
+                         ["top1", "topk", "k"], REEVALUATE)
+        splits = {w: set(frame.loc[frame["weights"] == w, "split"]) for w in ("best", "final")}
+        # A trained run (its stages are in run.json) evaluates both; others may hold one.
+        trained = path.with_name(STATUS_FILE).is_file() and bool((self.status() or {}).get(
+            "stages"))
+        if (splits["final"] or trained) and splits["best"] != splits["final"]:
+            # A file cut at a line boundary parses; its missing rows show here.
+            raise damaged(path, "damaged (best and final rows do not cover the same splits: "
+                          "truncated?)", REEVALUATE)
+        return frame
 
     def history(self) -> pd.DataFrame:
-        return pd.read_csv(self.path / "history.csv")
+        return read_csv(self.path / "history.csv", ["epoch", "stage"], ["epoch"])
 
     def predictions(self, weights: str, split: str) -> dict[str, np.ndarray]:
-        with np.load(self.path / "predictions" / f"{weights}-{split}.npz",
-                     allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
+        """predictions/<weights>-<split>.npz: probs [N, C] and labels [N], checked."""
+        path = self.path / "predictions" / f"{weights}-{split}.npz"
+        arrays = read_npz(path, ("probs", "labels"), REEVALUATE)
+        probs, labels = arrays["probs"], arrays["labels"]
+        if probs.ndim != 2 or labels.shape != probs.shape[:1] or \
+                not np.issubdtype(labels.dtype, np.integer):
+            raise damaged(path, f"damaged (probs {probs.shape}, labels {labels.shape})",
+                          REEVALUATE)
+        if not np.isfinite(probs).all() or (labels < 0).any() or \
+                (labels >= probs.shape[1]).any():
+            raise damaged(path, "damaged (non-finite probabilities or labels out of range)",
+                          REEVALUATE)
+        return arrays
 
 
 def same_run(saved_yaml: str, new_yaml: str) -> bool:

@@ -178,3 +178,114 @@ def test_loading_is_safe_no_pickle_and_keras_safe_mode(tmp_path):
     model.save(tmp_path / "lambda.keras")
     with pytest.raises(ValueError, match="safe_mode"):
         load_model(tmp_path / "lambda.keras")  # code in a model file is never run
+
+
+# --- ten kill points over both stages, SIGKILL and Ctrl-C ----------------------------
+
+# Feature extraction, the frozen stage on cached features, the stage boundary, the
+# fine-tuning stage on images and the final evaluation.
+KILL_POINTS = ["features:train:mid-extraction", "features:val:mid-extraction",
+               "head:1:mid-epoch", "head:2:checkpoint-write", "head:end",
+               "finetune:1:mid-epoch", "finetune:1:checkpoint-write", "finetune:2:mid-epoch",
+               "evaluate:start", "evaluate:best-test"]
+
+
+def two_stage_yaml(cache_dir: Path) -> str:
+    """The tiny backbone: a frozen, cached head stage, then fine-tuning with augmentation,
+    a dropout head and a cosine schedule (their states must survive a kill)."""
+    return RunConfig(
+        recipe="demo", backbone="tiny", weights="none", batch_size=16, deterministic=True,
+        cache_dir=str(cache_dir),
+        data=DataConfig(dataset="demo", image_size=32, per_class=4, val_fraction=0.05,
+                        test_fraction=0.05),
+        head=HeadConfig(layers=1, units=16, dropout=0.5),
+        stages=[StageConfig("head", epochs=2, unfreeze="none", augment=False),
+                StageConfig("finetune", epochs=2, optimizer="adam", lr=1e-3, unfreeze="all",
+                            schedule="cosine")]).to_yaml()
+
+
+@pytest.fixture(scope="module")
+def two_stage(tmp_path_factory):
+    """The tiny backbone registered, and one uninterrupted reference run of the config."""
+    from tests.tiny import TINY
+    from tltk.models import backbones
+
+    backbones.BACKBONES.register("tiny", TINY)
+    root = tmp_path_factory.mktemp("kill")
+    (root / "reference.yaml").write_text(two_stage_yaml(root / "reference-cache"))
+    done = CliRunner().invoke(main, ["train", "demo", "--config", str(root / "reference.yaml"),
+                                     "--out", str(root / "reference")])
+    assert done.exit_code == 0, done.output
+    yield root
+    backbones.BACKBONES.unregister("tiny")
+
+
+def assert_same_as_reference(run: Path, reference: Path) -> None:
+    assert {p.name for p in run.iterdir()} == COMPLETE, "complete, no backup or temp files"
+    for name in ("history.csv", "metrics.csv"):
+        assert (run / name).read_text() == (reference / name).read_text(), name
+    assert json.loads((run / "run.json").read_text())["status"] == "complete"
+
+
+def fresh_run(root: Path, tag: str) -> tuple[Path, Path]:
+    """A config whose feature cache is empty (extraction runs again), and its --out."""
+    config = root / f"{tag}.yaml"
+    config.write_text(two_stage_yaml(root / f"{tag}-cache"))
+    return config, root / tag
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_sigkill_at_each_point_then_resume_matches_uninterrupted(two_stage, point):
+    config, run = fresh_run(two_stage, point.replace(":", "-"))
+    env = {**os.environ, "TLTK_FAULT": point, "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": str(ROOT)}
+    killed_run = subprocess.run([sys.executable, "-m", "tests.tiny", "train", "demo",
+                                 "--config", str(config), "--out", str(run)], cwd=ROOT,
+                                capture_output=True, text=True, timeout=600, env=env)
+    assert killed_run.returncode == -signal.SIGKILL, killed_run.stderr[-2000:]
+    assert json.loads((run / "run.json").read_text())["status"] == "running"
+    resumed = CliRunner().invoke(main, ["train", "--resume", str(run)])
+    assert resumed.exit_code == 0, resumed.output
+    assert_same_as_reference(run, two_stage / "reference")
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_each_point_stops_in_one_line_and_resumes_to_the_same_result(
+        two_stage, monkeypatch):
+    """One run interrupted at all ten points in turn, each resume reaching the next."""
+    config, run = fresh_run(two_stage, "ctrl-c")
+    monkeypatch.setenv("TLTK_FAULT_SIGNAL", "INT")
+    args = ["train", "demo", "--config", str(config), "--out", str(run)]
+    for point in KILL_POINTS:
+        monkeypatch.setenv("TLTK_FAULT", point)
+        stopped = CliRunner().invoke(main, args)
+        assert stopped.exit_code == 130, (point, stopped.output)
+        assert "Traceback" not in stopped.output
+        message = (f"interrupted: {run} is resumable; continue it with "
+                   f"`tltk train --resume {run}`")
+        assert stopped.output.splitlines()[-1] == message, (point, stopped.output)
+        status = json.loads((run / "run.json").read_text())
+        assert status["status"] == "interrupted", point
+        args = ["train", "--resume", str(run)]
+    monkeypatch.delenv("TLTK_FAULT")
+    resumed = CliRunner().invoke(main, args)
+    assert resumed.exit_code == 0, resumed.output
+    assert_same_as_reference(run, two_stage / "reference")
+    assert len(json.loads((run / "run.json").read_text())["resumed"]) == len(KILL_POINTS)
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_real_process_is_one_line_and_exit_130(two_stage):
+    config, run = fresh_run(two_stage, "sigint")
+    env = {**os.environ, "TLTK_FAULT": "head:1:mid-epoch", "TLTK_FAULT_SIGNAL": "INT",
+           "PYTHONPATH": str(ROOT)}
+    stopped = subprocess.run([sys.executable, "-m", "tests.tiny", "train", "demo",
+                              "--config", str(config), "--out", str(run)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=600, env=env)
+    assert stopped.returncode == 130, stopped.stderr[-2000:]
+    assert stopped.stderr.strip() == (f"interrupted: {run} is resumable; continue it with "
+                                      f"`tltk train --resume {run}`")
+    resumed = CliRunner().invoke(main, ["train", "--resume", str(run)])
+    assert resumed.exit_code == 0, resumed.output
+    assert_same_as_reference(run, two_stage / "reference")

@@ -19,13 +19,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -226,11 +227,27 @@ def _stat(path: Path) -> os.stat_result | None:
 
 
 def _read_cache(cache_file: Path) -> dict:
+    """The cached entries; a damaged cache is logged, deleted and rebuilt by the scan."""
+    if not cache_file.is_file():
+        return {}
     try:
         data = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
+        files = data.get("files", {}) if data.get("version") == SCAN_VERSION else {}
+        if not isinstance(files, dict) or not all(_valid_entry(e) for e in files.values()):
+            raise ValueError("malformed entries")
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning("scan cache %s is damaged (%s): deleted, rescanning", cache_file,
+                    type(exc).__name__ if not isinstance(exc, ValueError) else "not valid")
+        with contextlib.suppress(OSError):  # a read-only cache is simply not reused
+            cache_file.unlink(missing_ok=True)
         return {}
-    return data.get("files", {}) if data.get("version") == SCAN_VERSION else {}
+    return files
+
+
+def _valid_entry(entry) -> bool:
+    return (isinstance(entry, dict) and isinstance(entry.get("size"), int)
+            and isinstance(entry.get("mtime_ns"), int) and isinstance(entry.get("result"), dict)
+            and set(entry["result"]) == {f.name for f in fields(ScannedFile)})
 
 
 def _cached(cached: dict, path: Path, stat) -> ScannedFile | None:

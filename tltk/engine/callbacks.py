@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from tltk.errors import TltkError
-from tltk.rundir import RunDir, save_model, write_csv
+from tltk.rundir import RunDir, read_csv, save_model, write_csv
 
 HISTORY_COLUMNS = ["stage", "epoch", "stage_epoch", "loss", "top1", "topk", "val_loss",
                    "val_top1", "val_topk", "lr"]
@@ -70,8 +70,10 @@ class HistoryWriter(keras.callbacks.Callback):
         if rows and path.is_file():
             # round_trip parsing keeps every float bit-exact, so a resumed run's
             # history.csv equals an uninterrupted one's.
-            frame = pd.read_csv(path, float_precision="round_trip", keep_default_na=False,
-                                na_values=[""])
+            frame = read_csv(path, ["epoch", "stage"], ["epoch"],
+                             "start a new run with another --out",
+                             float_precision="round_trip", keep_default_na=False,
+                             na_values=[""])
             self.rows = frame.head(rows).to_dict("records")
         if len(self.rows) != rows:
             raise TltkError(f"cannot resume {self.run.path}: history.csv has {len(self.rows)} "

@@ -26,7 +26,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -39,24 +38,29 @@ import numpy as np
 
 from tltk.config import RunConfig
 from tltk.errors import TltkError
-from tltk.rundir import RunDir, atomic_path
+from tltk.log import keras_chatter
+from tltk.rundir import RunDir, atomic_path, damaged, read_json
 
 BACKUP = "backup"
 STATE_FILE = "state.json"
 
 
 def fault_point(name: str) -> None:
-    """Test hook: SIGKILL this process at the point `TLTK_FAULT` names.
+    """Test hook: signal this process at the point `TLTK_FAULT` names (SIGKILL, or the
+    signal `TLTK_FAULT_SIGNAL` names, e.g. INT for a Ctrl-C).
 
     Points are `<stage>:<epoch>:mid-epoch`, `<stage>:<epoch>:checkpoint-write` (the
-    new weights are written but not yet renamed into place) and `<stage>:end` (the
-    stage is recorded, the next one not begun); epochs count from 1.
+    new weights are written but not yet renamed into place), `<stage>:end` (the
+    stage is recorded, the next one not begun), `features:<split>:mid-extraction`,
+    `evaluate:start` (final.keras saved, nothing evaluated) and
+    `evaluate:<weights>-<split>` (that split's predictions written); epochs count from 1.
 
     Example:
         $ TLTK_FAULT=train:2:mid-epoch tltk train demo --out runs/x   # dies in epoch 2
     """
     if os.environ.get("TLTK_FAULT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+        which = os.environ.get("TLTK_FAULT_SIGNAL", "KILL")
+        os.kill(os.getpid(), getattr(signal, f"SIG{which}"))
 
 
 def resume_config(run_dir: str | Path, recipe: str | None = None) -> RunConfig:
@@ -153,10 +157,40 @@ class EpochCheckpoint(keras.callbacks.Callback):
                 old.unlink()
 
 
+def _redo(run: RunDir, stage: str) -> str:
+    return (f"delete {_stage_dir(run, stage)} to redo stage '{stage}' from its start, "
+            "or start a new run with another --out")
+
+
 def stage_state(run: RunDir, stage: str) -> dict | None:
-    """The last committed epoch of `stage`, or None when none was committed."""
+    """The last committed epoch of `stage`, or None when none was committed.
+
+    A damaged state.json (or one pointing at a missing weights file) is a `TltkError`.
+    """
     path = _stage_dir(run, stage) / STATE_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.exists():
+        return None
+    state = read_json(path, dict, _redo(run, stage))
+    fields = {"epochs_done": int, "weights": str, "seeds": list, "history_rows": int}
+    wrong = [k for k, kind in fields.items() if not isinstance(state.get(k), kind)]
+    if wrong:
+        raise damaged(path, f"damaged (bad or missing {', '.join(wrong)})", _redo(run, stage))
+    if not (_stage_dir(run, stage) / state["weights"]).is_file():
+        raise damaged(path, f"points at {state['weights']}, which is missing",
+                      _redo(run, stage))
+    return state
+
+
+def _load_weights(run: RunDir, stage: str, model: keras.Model, path: Path,
+                  fix: str | None = None) -> None:
+    """`model.load_weights(path)`; a damaged or mismatched file is one line naming it."""
+    try:
+        with keras_chatter():
+            model.load_weights(path)
+    except Exception as exc:  # noqa: BLE001 - h5py, OS and shape errors alike
+        text = str(exc).strip()
+        reason = text.splitlines()[0][:120] if text else type(exc).__name__
+        raise damaged(path, f"cannot be loaded ({reason})", fix or _redo(run, stage)) from None
 
 
 def restore_epoch(run: RunDir, stage: str, fitted: keras.Model, full_model: keras.Model,
@@ -175,7 +209,7 @@ def restore_epoch(run: RunDir, stage: str, fitted: keras.Model, full_model: kera
                         "(was --weights changed?); start a new run with another --out")
     if not fitted.optimizer.built:
         fitted.optimizer.build(fitted.trainable_variables)
-    fitted.load_weights(_stage_dir(run, stage) / state["weights"])
+    _load_weights(run, stage, fitted, _stage_dir(run, stage) / state["weights"])
     set_seed_states(full_model, state["seeds"])
     trackers.restore(state)
     saver = trackers.saver
@@ -190,7 +224,7 @@ def rollback(run: RunDir, stage: str, fitted: keras.Model, full_model: keras.Mod
     """Put back the weights of the last committed epoch; False when none exists."""
     state = stage_state(run, stage)
     if state is not None:
-        fitted.load_weights(_stage_dir(run, stage) / state["weights"])
+        _load_weights(run, stage, fitted, _stage_dir(run, stage) / state["weights"])
         return True
     previous = [s["name"] for s in (run.status() or {}).get("stages", [])]
     if previous and _stage_end_file(run, previous[-1]).is_file():
@@ -227,12 +261,19 @@ def restore_stages(run: RunDir, full_model: keras.Model, trackers) -> list[str]:
     stages = (run.status() or {}).get("stages", [])
     if not stages:
         return []
+    ok = isinstance(stages, list) and all(
+        isinstance(s, dict) and isinstance(s.get("name"), str)
+        and isinstance(s.get("resume"), dict) and "seeds" in s["resume"] for s in stages)
+    if not ok:
+        raise damaged(run.file("run.json"), "damaged (its stage records are malformed)",
+                      "start a new run with another --out")
     last = stages[-1]
     path = _stage_end_file(run, last["name"])
     if not path.is_file():
         raise TltkError(f"cannot resume {run.path}: {path} is missing; start a new run with "
                         "another --out")
-    full_model.load_weights(path)
+    _load_weights(run, last["name"], full_model, path,
+                  f"start a new run with another --out (stage '{last['name']}' must be redone)")
     set_seed_states(full_model, last["resume"]["seeds"])
     trackers.restore(last["resume"])
     return [s["name"] for s in stages]

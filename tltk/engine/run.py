@@ -98,11 +98,12 @@ def resolve(config: RunConfig, spec: BackboneSpec, dataset: Dataset) -> RunConfi
                    top_k=config.top_k or default_k(dataset.num_classes))
 
 
-def train(config: RunConfig, verbose: bool = True) -> RunResult:
+def train(config: RunConfig, verbose: bool = True, on_start=None) -> RunResult:
     """Run all stages of `config`, evaluate best and final weights, write the run dir.
 
     When `config.out` holds an unfinished run of the same config, it is resumed after
-    its last committed epoch instead.
+    its last committed epoch instead. `on_start(run)` is called once the run directory
+    is open (the CLI names it when Ctrl-C stops the run).
     """
     config.validate()
     spec = get_backbone(config.backbone)
@@ -112,19 +113,27 @@ def train(config: RunConfig, verbose: bool = True) -> RunResult:
     keras.utils.set_random_seed(config.seed)
     with runtime.precision_policy(config.precision), \
             runtime.op_determinism(config.deterministic), strategy.scope():
-        return _train(config, spec, log if verbose else (lambda _: None), strategy)
+        return _train(config, spec, log if verbose else (lambda _: None), strategy, on_start)
 
 
-def _train(config: RunConfig, spec: BackboneSpec, say, strategy=None) -> RunResult:
+def _train(config: RunConfig, spec: BackboneSpec, say, strategy=None,
+           on_start=None) -> RunResult:
     from tltk.engine.stage import run_stage
 
     ctx = prepare(config, spec, say, strategy)
     try:
+        if on_start:
+            on_start(ctx.run)
         for stage in ctx.config.stages:
             run_stage(ctx, stage)
         result = finish(ctx)
     except NumericalFault as fault:
         raise _after_fault(ctx, fault) from None
+    except KeyboardInterrupt:
+        # Every committed epoch stays: rerunning the command resumes after the last one.
+        _mark_failed(ctx, "interrupted (Ctrl-C)", status="interrupted")
+        ctx.run.close()
+        raise
     except BaseException as exc:
         _mark_failed(ctx, f"{type(exc).__name__}: {exc}")
         ctx.run.close()
@@ -156,9 +165,9 @@ def _restore(ctx: Context) -> None:
         ctx.log(f"resuming: stage(s) {', '.join(ctx.done)} finished before the interruption")
 
 
-def _mark_failed(ctx: Context, reason: str) -> None:
+def _mark_failed(ctx: Context, reason: str, status: str = "failed") -> None:
     try:
-        ctx.run.set_status("failed", error=reason[:500])
+        ctx.run.set_status(status, error=reason[:500])
     except (OSError, TltkError):  # a full disk must not hide the original error
         pass
 
@@ -219,6 +228,7 @@ def finish(ctx: Context) -> RunResult:
     save_model(model, run.file("final.keras"))
     if not run.file("best.keras").is_file():  # no validation improvement was ever seen
         save_model(model, run.file("best.keras"))
+    checkpoint.fault_point("evaluate:start")
     models = {"best": load_model(run.file("best.keras")), "final": model}
     if any(stage.ema is not None for stage in config.stages) and run.file("ema.keras").is_file():
         models["ema"] = load_model(run.file("ema.keras"))

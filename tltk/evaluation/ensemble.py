@@ -25,7 +25,7 @@ from tltk.evaluation.reports import (
     run_top_k,
     write_table,
 )
-from tltk.rundir import RunDir, open_run, write_csv, write_npz
+from tltk.rundir import REEVALUATE, RunDir, damaged, open_run, write_csv, write_npz
 
 WEIGHTS = ("best", "final")
 EXPORT_FORMATS = ("keras", "savedmodel", "tflite")
@@ -33,8 +33,15 @@ OUTPUT_FORMATS = ("table", "json", "csv")
 
 
 def _saved_predictions(run: RunDir, weights: str) -> dict[str, dict]:
-    return {split: run.predictions(w, split) for w, split in prediction_files(run)
-            if w == weights}
+    saved = {split: run.predictions(w, split) for w, split in prediction_files(run)
+             if w == weights}
+    classes = len(run.class_names())
+    for split, arrays in saved.items():
+        if arrays["probs"].shape[1] != classes:  # a file from a run on other classes
+            raise damaged(run.file("predictions") / f"{weights}-{split}.npz",
+                          f"damaged (probabilities of {arrays['probs'].shape[1]} classes, the "
+                          f"run has {classes})", REEVALUATE)
+    return saved
 
 
 def compute_predictions(run: RunDir, weights: str, splits=None) -> dict[str, dict]:
@@ -110,7 +117,7 @@ def member_predictions(runs: list[RunDir], weights: str = "best"):
     common = [s for s in splits if all(s in saved for saved in members)]
     if not common:
         raise TltkError("RUN: the runs share no evaluated split; evaluate them on the same "
-                        "data (`tltk evaluate RUN`)")
+                        "data (`tltk evaluate RUN --write`)")
     for split in common:
         for run, saved in zip(runs[1:], members[1:]):
             reason = _same_examples(members[0][split], saved[split])
@@ -118,7 +125,7 @@ def member_predictions(runs: list[RunDir], weights: str = "best"):
                 raise TltkError(f"RUN: {run.path} and {runs[0].path} hold different examples "
                                 f"in the '{split}' split ({reason}); ensemble members must be "
                                 "trained on the same data and split (same --data and --seed); "
-                                "stale predictions are refreshed by `tltk evaluate RUN`")
+                                "stale predictions are refreshed by `tltk evaluate RUN --write`")
     return [{s: saved[s] for s in common} for saved in members], sources
 
 

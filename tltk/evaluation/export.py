@@ -39,8 +39,7 @@ def export_model(run_dir: str | Path, fmt: str, out: str | Path, weights: str = 
         if out.suffix != ".keras":
             raise TltkError(f"--out: a Keras model file must end in .keras, got {out}")
         source = run_model_path(run.path, weights)
-        if not source.is_file():
-            raise TltkError(f"RUN: model file not found: {source}; is the run finished?")
+        load_run_model(run.path, weights)  # a damaged model is refused, never copied
         with atomic_path(out) as tmp:
             shutil.copyfile(source, tmp)
         return out

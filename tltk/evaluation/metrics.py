@@ -12,8 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 import tensorflow as tf
@@ -98,11 +96,18 @@ def evaluate_models(models: dict, dataset: Dataset, run: RunDir, image_size: int
                     arrays["paths"] = np.asarray(data.paths)
                 if write:
                     write_npz(run.file("predictions") / f"{weights}-{split}.npz", **arrays)
+                    _fault_point(f"evaluate:{weights}-{split}")
                 rows.append(metrics_rows(weights, split, probs, data.labels, k))
     table = pd.DataFrame(rows, columns=["weights", "split", "top1", "topk", "k"])
     if write:
         write_csv(run.file("metrics.csv"), table)
     return table
+
+
+def _fault_point(name: str) -> None:
+    from tltk.engine.checkpoint import fault_point  # the engine imports this module
+
+    fault_point(name)
 
 
 def format_table(metrics: pd.DataFrame) -> str:
@@ -121,49 +126,44 @@ def format_table(metrics: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def evaluate_run(run_dir, which: str = "both") -> pd.DataFrame:
+def evaluate_run(run_dir, which: str = "both", write: bool = False) -> pd.DataFrame:
     """Reload a run's saved models and its data, re-evaluate, print and return the table.
 
-    The run's own metrics.csv is left as it is: this is a check, not a rewrite.
+    The run's own metrics.csv is left as it is (this is a check), unless `write`: then
+    metrics.csv and predictions/ are rewritten, e.g. after they were damaged.
     """
     import keras
 
     from tltk import data as tltk_data
     from tltk.config import RunConfig
+    from tltk.errors import TltkError
     from tltk.rundir import open_run
+    from tltk.saving import check_classes
 
     run = open_run(run_dir)
+    if write and which != "both":
+        raise TltkError("--write: metrics.csv holds both weights; leave out --weights")
     config = RunConfig.load(run.file("config.yaml"))
     dataset = tltk_data.load(config.data, seed=config.seed)
     names = WEIGHTS if which == "both" else (which,)
     if which == "both" and run.file("ema.keras").is_file():
         names = (*names, "ema")
     models = {w: load_model(run.file(f"{w}.keras")) for w in names}
+    for weights, model in models.items():  # a model file from a run on other classes
+        check_classes(model, dataset.class_names, run.file(f"{weights}.keras"),
+                      run.file("config.yaml"))
     size = next(iter(models.values())).input_shape[1]
     k = config.top_k or default_k(dataset.num_classes)
     table = evaluate_models(models, dataset, run, size, config.batch_size, k,
-                            config.data.resize, write=False, tta=config.tta)
+                            config.data.resize, write=write, tta=config.tta)
     print(format_table(table))
     keras.backend.clear_session()
     return table
 
 
 def load_model(path):
-    """Load a tltk `.keras` model in Keras safe mode (custom layers registered first)."""
-    import keras
+    """Load a tltk `.keras` model in Keras safe mode, after checking the file (see
+    `tltk.saving.load_keras_file`)."""
+    from tltk.saving import load_keras_file
 
-    # Importing these registers tltk's serialisable layers, schedules and optimizers.
-    import tltk.data.augment  # noqa: F401
-    import tltk.models.preprocessing  # noqa: F401
-    import tltk.optim.discriminative  # noqa: F401
-    import tltk.optim.schedules  # noqa: F401
-    from tltk.errors import TltkError
-
-    if not path.is_file():
-        raise TltkError(f"RUN: model file not found: {path}; is the run finished?")
-    # compile=False: evaluation and inference need no optimizer. A head trained on
-    # cached features was compiled on its own, so the file still holds that optimizer's
-    # state, which Keras reports it skips; nothing here uses it.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    return load_keras_file(path)

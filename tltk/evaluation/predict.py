@@ -3,7 +3,7 @@
 A saved tltk model takes raw RGB 0..255 at its own input size and outputs softmax
 probabilities, so prediction is: decode, resize (the run's resize policy, stretch by
 default), `model.predict`. Models load in Keras safe mode
-(`tltk.evaluation.metrics.load_model`).
+(`tltk.saving.load_model`).
 
 Example::
 
@@ -19,14 +19,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-import yaml
 from PIL import Image, UnidentifiedImageError
 
 from tltk.data.core import decode_image_file, prepare_image
 from tltk.data.folder import list_images
 from tltk.errors import TltkError
-from tltk.evaluation.metrics import load_model
-from tltk.rundir import RunDir, open_run
+from tltk.rundir import RunDir, damaged, open_run
+from tltk.saving import load_model
 
 WEIGHTS = ("best", "final", "ema")
 EXPORT_FORMATS = ("keras", "savedmodel", "tflite")
@@ -35,7 +34,9 @@ OUTPUT_FORMATS = ("table", "json", "csv")
 
 def load_run_model(run_dir: str | Path, weights: str = "best"):
     """A run's `best.keras`, `final.keras` or `ema.keras`, loaded in safe mode."""
-    return load_model(run_model_path(run_dir, weights))
+    run_model_path(run_dir, weights)  # an unknown name or a missing ema.keras: one line
+    # tltk.saving also refuses a classes.json that does not match the model's outputs.
+    return load_model(open_run(run_dir).path, weights).model
 
 
 def run_model_path(run_dir: str | Path, weights: str = "best") -> Path:
@@ -60,8 +61,11 @@ def input_size(model) -> int:
 
 def resize_policy(run: RunDir) -> str:
     """The run's `data.resize` (stretch | crop | pad), so images match what it trained on."""
-    config = yaml.safe_load(run.file("config.yaml").read_text()) or {}
-    return (config.get("data") or {}).get("resize") or "stretch"
+    data = run.config_dict().get("data") or {}
+    policy = (data if isinstance(data, dict) else {}).get("resize") or "stretch"
+    if policy not in ("stretch", "crop", "pad"):
+        raise damaged(run.file("config.yaml"), f"damaged (data.resize is {policy!r})")
+    return policy
 
 
 def expand_inputs(items) -> list[Path]:

@@ -24,12 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from tltk.errors import TltkError
 from tltk.evaluation import analysis, plots
 from tltk.evaluation.metrics import default_k
-from tltk.rundir import RunDir, open_run, write_csv, write_text
+from tltk.rundir import REEVALUATE, RunDir, damaged, open_run, read_csv, write_csv, write_text
 
 SPLIT_ORDER = ("train", "val", "test")
 WEIGHTS_ORDER = ("original", "best", "best+tta", "final", "final+tta", "ema", "ema+tta",
@@ -94,8 +93,8 @@ def read_metrics(run_dir: str | Path) -> pd.DataFrame:
     path = Path(run_dir) / "metrics.csv"
     if not path.is_file():
         raise TltkError(f"RUN: {run_dir} has no metrics.csv (the run has not been evaluated); "
-                        f"run `tltk evaluate {run_dir}` first")
-    return pd.read_csv(path)
+                        f"run `tltk evaluate {run_dir} --write` first")
+    return RunDir(run_dir).metrics()
 
 
 def run_labels(run_dirs) -> list[str]:
@@ -234,11 +233,9 @@ class _Doc:
 
 
 def _config(run: RunDir) -> dict:
-    # Read the raw YAML: a report must not fail on a config written by another version.
-    try:
-        return yaml.safe_load(run.file("config.yaml").read_text()) or {}
-    except yaml.YAMLError:
-        return {}
+    # The raw mapping, not a RunConfig: a report must not fail on a config written by
+    # another version; a damaged file is still refused.
+    return run.config_dict()
 
 
 def run_top_k(run: RunDir, num_classes: int) -> int:
@@ -343,6 +340,10 @@ def _analysis_section(doc: _Doc, run: RunDir, figures: Path, class_names, picked
     weights, split = picked
     tag = f"{weights}-{split}"
     data = run.predictions(weights, split)
+    if data["probs"].shape[1] != len(class_names):  # a file from a run on other classes
+        raise damaged(run.file("predictions") / f"{tag}.npz",
+                      f"damaged (probabilities of {data['probs'].shape[1]} classes, "
+                      f"classes.json lists {len(class_names)})", REEVALUATE)
     result = analysis.analyse(data["probs"], data["labels"], class_names, data.get("paths"))
     doc.heading(f"Errors: {weights} weights on the {split} split ({result.num_examples} images)")
     doc.image(plots.plot_confusion(result.matrix, class_names, figures / f"confusion-{tag}.png",
@@ -371,7 +372,7 @@ def _analysis_section(doc: _Doc, run: RunDir, figures: Path, class_names, picked
 def _skipped_section(doc: _Doc, run: RunDir) -> None:
     path = run.file("skipped.csv")
     if path.is_file():
-        skipped = pd.read_csv(path)
+        skipped = read_csv(path, ["path", "reason"])
         doc.heading("Skipped files")
         doc.para(f"{len(skipped)} file(s) were skipped while loading the data; "
                  "see skipped.csv.")

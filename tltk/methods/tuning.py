@@ -286,11 +286,20 @@ def make_tuner(hypermodel: TransferHyperModel, tuner: str = "random", max_trials
     common = {"hypermodel": hypermodel, "objective": keras_tuner.Objective(OBJECTIVE, "max"),
               "seed": base.seed + 1, "directory": str(hypermodel.out),
               "project_name": "keras_tuner", "overwrite": overwrite}
-    if tuner == "hyperband":
-        instance = cls(max_epochs=sum(s.epochs for s in base.stages), **common)
-        instance.oracle.max_trials = max_trials
-    else:
-        instance = cls(max_trials=max_trials, **common)
+    state = hypermodel.out / "keras_tuner"
+    try:
+        if tuner == "hyperband":
+            instance = cls(max_epochs=sum(s.epochs for s in base.stages), **common)
+            instance.oracle.max_trials = max_trials
+        else:
+            instance = cls(max_trials=max_trials, **common)
+    except Exception as exc:  # noqa: BLE001 - whatever keras-tuner fails on in its files
+        if overwrite or not state.is_dir():
+            raise
+        text = str(exc).strip()
+        reason = text.splitlines()[0][:120] if text else type(exc).__name__
+        raise TltkError(f"{state}: the saved search state is damaged ({reason}); pass "
+                        "--overwrite to start the search afresh (or delete the folder)") from None
     instance.ran = []
     return instance
 
@@ -397,9 +406,10 @@ def _check_same_search(out: Path, config: RunConfig, tuner: str, space: SearchSp
                                                        asdict(space).items()},
                              "config": config.to_dict()}, sort_keys=False)
     path = out / "search.yaml"
-    if path.is_file() and not overwrite and path.read_text() != record:
+    if path.is_file() and not overwrite and path.read_bytes() != record.encode():
         raise TltkError(f"--out: {out} holds a search with a different config, tuner or "
-                        "space; choose another --out or pass --overwrite")
+                        f"space (or a damaged {path.name}); choose another --out or pass "
+                        "--overwrite")
     write_text(path, record)
 
 

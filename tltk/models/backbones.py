@@ -27,6 +27,7 @@ from pathlib import Path
 import keras
 
 from tltk.errors import TltkError, unknown_name
+from tltk.log import keras_chatter
 from tltk.registry import Registry
 
 
@@ -197,7 +198,8 @@ def _build_from_file(spec: BackboneSpec, shape, path: Path) -> keras.Model:
                         f"{spec.name}, 'imagenet' or 'none'")
     model = spec.builder(shape, None)
     try:
-        model.load_weights(str(path))
+        with keras_chatter():  # a mismatch warns once per layer before it raises
+            model.load_weights(str(path))
     except Exception as exc:  # noqa: BLE001 - shape/format mismatches all mean the same fix
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise TltkError(f"--weights: {path} does not fit backbone {spec.name} without top "
