@@ -5,8 +5,9 @@ dropout + linear head trained with Adam; then the whole base unfrozen and traine
 at a low Adam rate. Images come through a plain cached tf.data pipeline. It runs on
 the same flowers-128 split and MobileNetV2 weights as tltk, so only the method differs.
 
-Example:
-    >>> history = train_keras_guide(setup, stop=TimeToTarget(0.7))
+Example::
+
+    history = train_keras_guide(setup, stop=TimeToTarget(0.7))
 """
 
 from __future__ import annotations

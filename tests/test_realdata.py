@@ -4,8 +4,7 @@ Skipped, with the reason, when ../shared is absent (a user's machine)."""
 
 from __future__ import annotations
 
-from conftest import FLOWERS, MNV2_WEIGHTS, require_shared
-
+from tests.conftest import FLOWERS, MNV2_WEIGHTS, require_shared
 from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig
 from tltk.engine.run import train
 

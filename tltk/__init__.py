@@ -1,9 +1,11 @@
 """tltk: transfer learning for image classification on Keras 3.
 
-Example:
-    >>> import tltk
-    >>> result = tltk.train(tltk.RunConfig(recipe="demo", backbone="scratch"))
-    >>> result.metrics  # pandas DataFrame: weights, split, top1, topk, k
+Example::
+
+    import tltk
+    from tltk.recipes import demo
+    result = tltk.train(demo.config())
+    result.metrics  # pandas DataFrame: weights, split, top1, topk, k
 """
 
 from tltk.config import AugmentConfig, DataConfig, HeadConfig, RunConfig, StageConfig

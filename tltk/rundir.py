@@ -17,9 +17,10 @@ An unfinished run whose config matches is resumed, not restarted; while a proces
 trains into a run directory it holds an exclusive lock on it, so a second process
 pointed at the same `--out` is refused instead of interleaving its writes.
 
-Example:
-    >>> run = RunDir.create("runs/x", config)
-    >>> run.write_json("classes.json", ["cat", "dog"])
+Example::
+
+    run = RunDir.create("runs/x", config)
+    run.write_json("classes.json", ["cat", "dog"])
 """
 
 from __future__ import annotations
@@ -139,10 +140,10 @@ class RunDir:
         A finished run, a different run or a folder that is not a run is refused;
         the returned run holds this process's lock on the directory (see `close`).
 
-        Example:
-            >>> run = RunDir.create("runs/x", config.to_yaml())
-            >>> run.resumed  # True when runs/x held an unfinished run of this config
-            False
+        Example::
+
+            run = RunDir.create("runs/x", config.to_yaml())
+            run.resumed  # -> False; True when runs/x held an unfinished run of this config
         """
         run = cls(path)
         if run.path.exists() and not run.path.is_dir():
@@ -239,7 +240,7 @@ def same_run(saved_yaml: str, new_yaml: str) -> bool:
     """Whether two config.yaml texts describe the same run (ignoring `RUNTIME_KEYS`).
 
     Example:
-        >>> same_run("seed: 0\nout: a\n", "seed: 0\nout: /abs/a\n")
+        >>> same_run("seed: 0\\nout: a\\n", "seed: 0\\nout: /abs/a\\n")
         True
     """
     def significant(text: str) -> dict:

@@ -7,10 +7,11 @@ every epoch. Features live on disk as `.npz` (no pickle) under a key of the data
 split, backbone, weights checksum, image size, preprocessing, augmentation and views,
 so runs and tuner trials reuse them and any change rebuilds them.
 
-Example:
-    >>> cache = FeatureCache("~/.cache/tltk/features")
-    >>> feats = cache.get(extractor, split, key=key, make_inputs=make_inputs, views=4)
-    >>> feats.shape  # (views, examples, channels)
+Example::
+
+    cache = FeatureCache("~/.cache/tltk/features")
+    feats = cache.get(extractor, split, key=key, make_inputs=make_inputs, views=4)
+    feats.shape  # (views, examples, channels)
 """
 
 from __future__ import annotations
