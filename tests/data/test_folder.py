@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from tests.conftest import FLOWERS, require_shared
 from tltk.config import DataConfig
 from tltk.data import load, make_pipeline
 from tltk.data.scan import scan_files, write_skipped_csv
 from tltk.errors import TltkError
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
 RED, GREEN, BLUE = (220, 20, 20), (20, 200, 40), (30, 40, 230)
 WHITE = (255, 255, 255)
 
@@ -201,10 +201,10 @@ def test_presplit_layout_skips_bad_files(tmp_path):
     assert [Path(p).name for p, _ in ds.skipped] == ["bad.jpg"]
 
 
-@pytest.mark.skipif(not (SHARED / "data" / "flowers-128").is_dir(),
-                    reason="../shared/data/flowers-128 is not available")
+@pytest.mark.realdata
 def test_real_flowers_folder_scans_fast():
-    ds = load_folder(SHARED / "data" / "flowers-128", val_fraction=0.3, test_fraction=0.0)
+    require_shared()
+    ds = load_folder(FLOWERS, val_fraction=0.3, test_fraction=0.0)
     assert ds.class_names == ["daisy", "dandelion", "rose", "sunflower", "tulip"]
     assert sum(len(s) for s in ds.splits.values()) == 4317 and ds.skipped == []
     counts = np.bincount(ds.splits["val"].labels)

@@ -110,6 +110,7 @@ def test_epoch_stream_mixes_per_batch_and_a_resumed_stream_repeats_the_tail():
     assert not np.allclose(full[0][1].max(axis=1), 1.0), "labels are mixed, not one-hot"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone, unfreeze", [("scratch", "all"), ("vgg16", 0)])
 def test_training_stages_take_mixup_on_images_and_on_cached_features(tmp_path, backbone,
                                                                        unfreeze):

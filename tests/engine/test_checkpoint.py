@@ -48,6 +48,7 @@ def crash_at(monkeypatch, point: str) -> None:
     monkeypatch.setattr(resume, "fault_point", fault_point)
 
 
+@pytest.mark.slow
 def test_interrupted_cached_feature_stages_resume_to_the_uninterrupted_result(
         tmp_path, monkeypatch):
     reference = train(cached_stages_config(tmp_path / "reference"), verbose=False)

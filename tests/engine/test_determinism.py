@@ -7,6 +7,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig
 from tltk.engine.run import train
 
@@ -27,6 +29,7 @@ def files_under(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
+@pytest.mark.slow
 def test_same_seed_runs_are_identical_and_write_only_their_run_and_cache_dirs(
         tmp_path, monkeypatch):
     home, cwd, tmp = (tmp_path / name for name in ("home", "cwd", "tmp"))

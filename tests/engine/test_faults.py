@@ -53,6 +53,7 @@ def killed(args: list[str], point: str) -> subprocess.CompletedProcess:
                           text=True, timeout=600, env=env)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_and_mid_checkpoint_then_resume_matches_uninterrupted(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text(demo_config().to_yaml())
@@ -92,6 +93,7 @@ def test_sigkill_mid_epoch_and_mid_checkpoint_then_resume_matches_uninterrupted(
     assert again.exit_code == 2 and "is a finished run" in again.output
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_one_line_keeps_best_and_writes_metrics(tmp_path):
     # One good epoch, then a learning rate of 1e9 from the second epoch on.
     config = demo_config(str(tmp_path / "run"), stages=[
@@ -118,6 +120,7 @@ def test_nan_loss_stops_with_one_line_keeps_best_and_writes_metrics(tmp_path):
     assert all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in final.weights)
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_the_run_resumes_after(tmp_path):
     # A 1 MB file-size limit makes every larger write fail with EFBIG, as a full disk
     # fails with ENOSPC; unlike chmod it also stops root.
@@ -143,6 +146,7 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_after(tmp_path):
     assert result.history["epoch"].tolist() == [0]
 
 
+@pytest.mark.slow
 def test_corrupt_images_in_a_folder_are_skipped_and_reported(tmp_path):
     data = tmp_path / "photos"
     for i, name in enumerate(("round", "square")):

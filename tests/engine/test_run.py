@@ -26,6 +26,7 @@ def tiny(tmp_path, stages, backbone="scratch", **kw) -> RunConfig:
                      batch_size=16, out=str(tmp_path / "run"), **kw)
 
 
+@pytest.mark.slow
 def test_stages_switch_optimizer_and_history_spans_them(tmp_path):
     result = train(tiny(tmp_path, [
         StageConfig("first", epochs=2, optimizer="adam", lr=1e-3, unfreeze="all"),
@@ -44,6 +45,7 @@ def test_stages_switch_optimizer_and_history_spans_them(tmp_path):
     assert RunConfig.load(result.run_dir / "config.yaml").data.image_size == 32
 
 
+@pytest.mark.slow
 def test_best_and_final_weights_are_tracked_separately(tmp_path):
     # A wildly high learning rate in the second stage wrecks the model, so the best
     # validation epoch is in the first stage and best != final.
@@ -62,6 +64,7 @@ def test_best_and_final_weights_are_tracked_separately(tmp_path):
     assert metrics.loc[("best", "val"), "top1"] > metrics.loc[("final", "val"), "top1"]
 
 
+@pytest.mark.slow
 def test_saved_best_model_reloads_and_reproduces_its_metrics(tmp_path):
     result = train(tiny(tmp_path, [
         StageConfig("train", epochs=2, optimizer="adam", unfreeze="all")]), verbose=False)
@@ -78,6 +81,7 @@ def test_saved_best_model_reloads_and_reproduces_its_metrics(tmp_path):
         100 * topk_accuracy(probs, saved["labels"], 1), abs=0.01)
 
 
+@pytest.mark.slow
 def test_cached_feature_stage_metrics_equal_the_whole_models(tmp_path):
     # VGG16 has no BatchNorm, so even random weights give informative features.
     config = tiny(tmp_path, [StageConfig("bottleneck", epochs=3, unfreeze=0,
@@ -92,6 +96,7 @@ def test_cached_feature_stage_metrics_equal_the_whole_models(tmp_path):
     assert list((Path(os.environ["TLTK_CACHE"]) / "features").glob("*.npz")), "cached on disk"
 
 
+@pytest.mark.slow
 def test_feature_cache_is_reused_and_keyed(tmp_path):
     cache_dir = Path(os.environ["TLTK_CACHE"]) / "features"
     stages = [StageConfig("bottleneck", epochs=1, unfreeze=0, augment=False)]
@@ -114,6 +119,7 @@ def test_bad_settings_are_one_line_errors(tmp_path):
         train(tiny(tmp_path, [StageConfig("s", epochs=1, optimizer="sgdd")]), verbose=False)
 
 
+@pytest.mark.slow
 def test_out_dir_holding_a_finished_run_is_refused(tmp_path):
     config = tiny(tmp_path, [StageConfig("s", epochs=1, unfreeze="all")])
     train(config, verbose=False)
@@ -124,6 +130,7 @@ def test_out_dir_holding_a_finished_run_is_refused(tmp_path):
     keras.backend.clear_session()
 
 
+@pytest.mark.slow
 def test_fine_tuning_top_block_on_cached_activations_is_exact(tmp_path):
     # Everything below block5 is frozen, so its output can be cached per view; the
     # stage then trains block5 + head on those activations and the whole model agrees.
@@ -149,6 +156,7 @@ def test_fine_tuning_top_block_on_cached_activations_is_exact(tmp_path):
     assert [s["cached_features"] for s in stages] == ["pooled", "activations"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision,jit", [("mixed_bfloat16", False), ("float32", True)])
 def test_mixed_precision_and_xla_runs_train_and_keep_float32_outputs(tmp_path, precision, jit):
     config = tiny(tmp_path, [StageConfig("s", epochs=1, unfreeze="all")],

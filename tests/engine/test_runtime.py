@@ -49,6 +49,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_mirrored_on_two_devices_matches_one_device(tmp_path):
     root = str(ROOT)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",

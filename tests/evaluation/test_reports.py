@@ -117,6 +117,7 @@ def test_learning_curves_png_marks_stages(tmp_path):
     assert_png(plots.plot_learning_curves(history, tmp_path / "curves.png", k=2))
 
 
+@pytest.mark.slow
 def test_confusion_plot_scales_with_120_classes(tmp_path):
     rng = np.random.default_rng(0)
     names = [f"breed_{i:03d}" for i in range(120)]
@@ -127,6 +128,7 @@ def test_confusion_plot_scales_with_120_classes(tmp_path):
     assert large[1] > 120 * 14 and large[1] > 2.5 * small[1]
 
 
+@pytest.mark.slow
 def test_run_report_md_and_self_contained_html(tmp_path):
     run = make_run(tmp_path, "flowers")
     md_path = reports.write_run_report(run)

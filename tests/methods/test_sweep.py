@@ -52,6 +52,7 @@ def test_freeze_depth_counts_frozen_blocks_from_the_bottom():
     assert [unfreeze_for(d, VGG) for d in (0, 1, 4, "all")] == ["all", 4, 1, 0]
 
 
+@pytest.mark.slow
 def test_conditions_keep_the_split_and_the_head_stage_and_vary_the_seed(tmp_path):
     base = base_config(tmp_path)
     configs = [condition_config(base, VGG, Condition(6, depth, r), tmp_path, 3)
@@ -104,6 +105,7 @@ def test_table_and_heuristic_from_known_numbers():
     assert "10 per class: transfer 71.0% vs scratch 30.0%" in text
 
 
+@pytest.mark.slow
 def test_sweep_end_to_end_on_tiny_data(tmp_path):
     base = base_config(tmp_path)
     out = tmp_path / "sweep"

@@ -91,6 +91,7 @@ def test_hyperband_spreads_its_budget_over_the_stages(tmp_path):
     assert not list(tmp_path.glob("trials/*")), "creating a trial builds nothing"
 
 
+@pytest.mark.slow
 def test_user_errors_are_one_line(tmp_path, monkeypatch):
     config = tiny(tmp_path)
     with pytest.raises(TltkError, match="--tuner: unknown name 'randm'; did you mean 'random'"):
@@ -148,6 +149,7 @@ def search(tmp_path_factory):
             "extractions": extractions}
 
 
+@pytest.mark.slow
 def test_rerun_continues_an_interrupted_search(search):
     calls = [(call, trial) for call, trial, _ in search["builds"]]
     assert calls == [(1, "0"), (1, "1"), (2, "1")], "trial 0 is not rerun"
@@ -159,16 +161,19 @@ def test_rerun_continues_an_interrupted_search(search):
     assert history["stage"].tolist() == ["bottleneck", "finetune"]
 
 
+@pytest.mark.slow
 def test_trials_after_the_first_reuse_cached_features(search):
     assert search["extractions"] and set(search["extractions"]) == {"0"}
 
 
+@pytest.mark.slow
 def test_live_keras_layers_do_not_grow_across_trials(search):
     counts = [layers for _, _, layers in search["builds"]]
     # A leaked trial would keep its ~30 layers (VGG16 + head) alive into the next.
     assert max(counts) - counts[0] < 10, counts
 
 
+@pytest.mark.slow
 def test_results_table_and_best_config(search):
     out, result = search["out"], search["result"]
     trials = pd.read_csv(out / "trials.csv", dtype={"trial": str})
@@ -193,6 +198,7 @@ def test_results_table_and_best_config(search):
         tune(search["config"].override({"seed": 1}), max_trials=2, out=out)
 
 
+@pytest.mark.slow
 def test_best_config_trains_with_tltk_train_config(search, tmp_path):
     run = tmp_path / "retrained"
     result = CliRunner().invoke(main, ["train", "demo", "--config",
@@ -210,6 +216,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_distributed_chief_and_worker_on_localhost(tmp_path):
     config, out = tmp_path / "base.yaml", tmp_path / "search"
     config.write_text(tiny(tmp_path / "features").to_yaml())

@@ -34,6 +34,7 @@ def test_output_layer_stays_float32_under_mixed_precision():
         keras.mixed_precision.set_global_policy("float32")
 
 
+@pytest.mark.slow
 def test_classifier_takes_raw_pixels_and_round_trips(tmp_path):
     spec = get_backbone("vgg16")
     model = build_classifier(build_backbone(spec, "none", 32), spec, 3, HeadConfig(units=8))

@@ -122,6 +122,7 @@ def test_new_stage_fields_round_trip_and_default_to_old_behaviour():
     assert again.stages[0].schedule_args == {"period": 1, "t_mul": 1.0}
 
 
+@pytest.mark.slow
 def test_engine_history_follows_the_stage_schedule(tmp_path):
     from tltk.config import DataConfig, HeadConfig
     from tltk.engine.run import train
@@ -145,6 +146,7 @@ def test_engine_history_follows_the_stage_schedule(tmp_path):
     assert history["lr"].iloc[0] == pytest.approx(0.05)  # warmup done, cosine just starting
 
 
+@pytest.mark.slow
 def test_a_step_schedule_model_loads_in_plain_keras(tmp_path):
     """Without warmup the schedules are Keras' own: no tltk import is needed to load."""
     stage = StageConfig("ft", epochs=30, optimizer="sgd", lr=0.004, lr_steps=[[25, 0.001]])
