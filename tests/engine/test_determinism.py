@@ -9,20 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig
+from tests.conftest import SMALL_SPLITS, tiny_config
+from tltk.config import HeadConfig, RunConfig, StageConfig
 from tltk.engine.run import train
 
 
 def config(out=None) -> RunConfig:
     """Everything random is on: seeded splits, per-epoch shuffles, augmentation, dropout
     and initialisation."""
-    return RunConfig(
-        recipe="demo", backbone="scratch", weights="none", batch_size=16, seed=7,
-        deterministic=True, out=None if out is None else str(out),
-        data=DataConfig(dataset="demo", image_size=32, per_class=10, val_fraction=0.05,
-                        test_fraction=0.05),
-        head=HeadConfig(layers=1, units=16, dropout=0.5),
-        stages=[StageConfig("train", epochs=2, optimizer="adam", unfreeze="all")])
+    return tiny_config(out, [StageConfig("train", epochs=2, optimizer="adam", unfreeze="all")],
+                       recipe="demo", backbone="scratch", data=SMALL_SPLITS, seed=7,
+                       head=HeadConfig(layers=1, units=16, dropout=0.5), deterministic=True)
 
 
 def files_under(root: Path) -> set[str]:

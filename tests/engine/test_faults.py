@@ -20,8 +20,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from tests.conftest import SMALL_SPLITS, tiny_config
 from tltk.cli import main
-from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig
+from tltk.config import HeadConfig, RunConfig, StageConfig
 from tltk.engine.callbacks import NumericalFault
 from tltk.engine.run import train
 from tltk.errors import TltkError
@@ -36,14 +37,11 @@ def demo_config(out=None, **kw) -> RunConfig:
     """The demo recipe, shrunk: 32 px, 10 training images per class, one 3-epoch stage
     with a cosine schedule (its position must survive a kill), a dropout head (its seed
     state too), augmentation and determinism."""
-    return RunConfig(
-        recipe="demo", backbone="scratch", weights="none", batch_size=16, deterministic=True,
-        data=DataConfig(dataset="demo", image_size=32, per_class=10, val_fraction=0.05,
-                        test_fraction=0.05),
-        head=HeadConfig(layers=1, units=16, dropout=0.5), out=out,
-        stages=kw.pop("stages", None) or [
-            StageConfig("train", epochs=3, optimizer="adam", unfreeze="all",
-                        schedule="cosine")], **kw)
+    stages = kw.pop("stages", None) or [
+        StageConfig("train", epochs=3, optimizer="adam", unfreeze="all", schedule="cosine")]
+    return tiny_config(out, stages, recipe="demo", backbone="scratch", data=SMALL_SPLITS,
+                       head=HeadConfig(layers=1, units=16, dropout=0.5), deterministic=True,
+                       **kw)
 
 
 def killed(args: list[str], point: str) -> subprocess.CompletedProcess:
@@ -157,10 +155,9 @@ def test_corrupt_images_in_a_folder_are_skipped_and_reported(tmp_path):
     (data / "square" / "truncated.png").write_bytes(
         (data / "square" / "0.png").read_bytes()[:40])
     out, config = tmp_path / "run", tmp_path / "config.yaml"
-    config.write_text(RunConfig(
-        recipe="folder", backbone="scratch", weights="none", batch_size=16,
-        data=DataConfig(dataset="folder", image_size=32),
-        stages=[StageConfig("train", epochs=1, unfreeze="all", augment=False)]).to_yaml())
+    config.write_text(tiny_config(
+        None, [StageConfig("train", epochs=1, unfreeze="all", augment=False)],
+        recipe="folder", backbone="scratch", data={"dataset": "folder"}).to_yaml())
     result = CliRunner().invoke(main, ["train", "folder", "--config", str(config),
                                        "--data", str(data), "--out", str(out)])
     assert result.exit_code == 0, result.output

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig
+from tests.conftest import tiny_config
+from tltk.config import HeadConfig, RunConfig, StageConfig
 from tltk.engine.run import train
 from tltk.errors import TltkError
 from tltk.evaluation.metrics import load_model, topk_accuracy
@@ -20,10 +21,8 @@ from tltk.evaluation.metrics import load_model, topk_accuracy
 
 def tiny(tmp_path, stages, backbone="scratch", **kw) -> RunConfig:
     """Demo shapes at 32 px, 15 training images per class."""
-    return RunConfig(recipe="test", backbone=backbone, weights="none",
-                     data=DataConfig(dataset="demo", image_size=32, per_class=15),
-                     head=kw.pop("head", HeadConfig(layers=1, units=16)), stages=stages,
-                     batch_size=16, out=str(tmp_path / "run"), **kw)
+    return tiny_config(tmp_path / "run", stages, backbone=backbone, data={"per_class": 15},
+                       head=kw.pop("head", HeadConfig(layers=1, units=16)), **kw)
 
 
 @pytest.mark.slow

@@ -9,9 +9,10 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
+from tests.conftest import tiny_config  # noqa: E402
 from tltk import data as tltk_data  # noqa: E402
 from tltk.cli import main  # noqa: E402
-from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig  # noqa: E402
+from tltk.config import HeadConfig, RunConfig, StageConfig  # noqa: E402
 from tltk.errors import TltkError  # noqa: E402
 from tltk.methods.sweep import (  # noqa: E402
     Condition,
@@ -29,13 +30,11 @@ VGG = get_backbone("vgg16")  # five blocks
 
 
 def base_config(tmp_path) -> RunConfig:
-    return RunConfig(recipe="test", backbone="vgg16", weights="none",
-                     data=DataConfig(dataset="demo", image_size=32),
-                     head=HeadConfig(layers=1, units=8), batch_size=16, seed=7,
-                     stages=[StageConfig("head", epochs=1, unfreeze=0),
-                             StageConfig("tune", epochs=1, optimizer="sgd", lr=1e-3,
-                                         momentum=0.9, unfreeze=1)],
-                     out=str(tmp_path / "unused"))
+    return tiny_config(tmp_path / "unused",
+                       [StageConfig("head", epochs=1, unfreeze=0),
+                        StageConfig("tune", epochs=1, optimizer="sgd", lr=1e-3, momentum=0.9,
+                                    unfreeze=1)],
+                       backbone="vgg16", head=HeadConfig(layers=1, units=8), seed=7)
 
 
 def test_grid_options_parse_and_reject_bad_values():

@@ -17,8 +17,9 @@ import pytest
 from click.testing import CliRunner
 
 import tltk.methods.tuning
+from tests.conftest import SMALL_SPLITS, tiny_config
 from tltk.cli import main
-from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig
+from tltk.config import HeadConfig, RunConfig, StageConfig
 from tltk.engine.features import FeatureCache
 from tltk.errors import TltkError
 from tltk.methods.tuning import (
@@ -38,14 +39,12 @@ SPACE = SearchSpace(finetune_blocks=(1, 1))
 
 def tiny(cache_dir: Path) -> RunConfig:
     """Demo shapes at 32 px, 8 training images per class, random VGG16, 1 + 1 epochs."""
-    return RunConfig(
-        recipe="demo", backbone="vgg16", weights="none",
-        data=DataConfig(dataset="demo", image_size=32, per_class=8, val_fraction=0.05,
-                        test_fraction=0.05),
-        head=HeadConfig(layers=1, units=16), batch_size=16, cache_dir=str(cache_dir),
-        stages=[StageConfig("bottleneck", epochs=1, unfreeze=0, augment=False),
-                StageConfig("finetune", epochs=1, optimizer="sgd", lr=1e-3, momentum=0.9,
-                            unfreeze=1, augment=False)])
+    return tiny_config(
+        None, [StageConfig("bottleneck", epochs=1, unfreeze=0, augment=False),
+               StageConfig("finetune", epochs=1, optimizer="sgd", lr=1e-3, momentum=0.9,
+                           unfreeze=1, augment=False)],
+        recipe="demo", backbone="vgg16", data={**SMALL_SPLITS, "per_class": 8},
+        head=HeadConfig(layers=1, units=16), cache_dir=str(cache_dir))
 
 
 def live_layers() -> int:
