@@ -81,10 +81,10 @@ def test_saved_best_model_reloads_and_reproduces_its_metrics(tmp_path):
 
 
 @pytest.mark.slow
-def test_cached_feature_stage_metrics_equal_the_whole_models(tmp_path):
-    # VGG16 has no BatchNorm, so even random weights give informative features.
+def test_cached_feature_stage_metrics_equal_the_whole_models(tmp_path, tiny_backbone):
+    # The two-block "tiny" backbone (no BatchNorm) stands in for a pretrained one.
     config = tiny(tmp_path, [StageConfig("bottleneck", epochs=3, unfreeze=0,
-                                         feature_views=2)], backbone="vgg16")
+                                         feature_views=2)], backbone="tiny")
     result = train(config, verbose=False)
     history = result.history
     metrics = result.metrics.set_index(["weights", "split"])
@@ -96,14 +96,14 @@ def test_cached_feature_stage_metrics_equal_the_whole_models(tmp_path):
 
 
 @pytest.mark.slow
-def test_feature_cache_is_reused_and_keyed(tmp_path):
+def test_feature_cache_is_reused_and_keyed(tmp_path, tiny_backbone):
     cache_dir = Path(os.environ["TLTK_CACHE"]) / "features"
     stages = [StageConfig("bottleneck", epochs=1, unfreeze=0, augment=False)]
-    train(tiny(tmp_path / "a", stages, backbone="vgg16"), verbose=False)
+    train(tiny(tmp_path / "a", stages, backbone="tiny"), verbose=False)
     first = set(cache_dir.glob("*.npz"))
-    train(tiny(tmp_path / "b", stages, backbone="vgg16"), verbose=False)
+    train(tiny(tmp_path / "b", stages, backbone="tiny"), verbose=False)
     assert set(cache_dir.glob("*.npz")) == first, "a second identical run reuses the cache"
-    other = tiny(tmp_path / "c", stages, backbone="vgg16").override({"data.image_size": 40})
+    other = tiny(tmp_path / "c", stages, backbone="tiny").override({"data.image_size": 40})
     train(other, verbose=False)
     assert len(set(cache_dir.glob("*.npz")) - first) == 2, "a new image size rebuilds"
 

@@ -105,8 +105,8 @@ def test_table_and_heuristic_from_known_numbers():
 
 
 @pytest.mark.slow
-def test_sweep_end_to_end_on_tiny_data(tmp_path):
-    base = base_config(tmp_path)
+def test_sweep_end_to_end_on_tiny_data(tmp_path, tiny_backbone):
+    base = base_config(tmp_path).override({"backbone": "tiny"})  # two blocks: a fast "all"
     out = tmp_path / "sweep"
     result = sweep(base, [4], ["all"], repeats=1, out=out, scratch_epochs=1,
                    say=lambda _: None)
