@@ -25,12 +25,19 @@ def tiny(tmp_path, stages, backbone="scratch", **kw) -> RunConfig:
                        head=kw.pop("head", HeadConfig(layers=1, units=16)), **kw)
 
 
-@pytest.mark.slow
-def test_stages_switch_optimizer_and_history_spans_them(tmp_path):
-    result = train(tiny(tmp_path, [
+@pytest.fixture(scope="module")
+def two_stage_run(tmp_path_factory):
+    """One finished scratch run of two stages (Adam, then SGD), shared by the tests that
+    only read a finished run."""
+    return train(tiny(tmp_path_factory.mktemp("two-stage"), [
         StageConfig("first", epochs=2, optimizer="adam", lr=1e-3, unfreeze="all"),
         StageConfig("second", epochs=1, optimizer="sgd", lr=1e-3, momentum=0.9,
                     unfreeze="all")]), verbose=False)
+
+
+@pytest.mark.slow
+def test_stages_switch_optimizer_and_history_spans_them(two_stage_run):
+    result = two_stage_run
     run = json.loads((result.run_dir / "run.json").read_text())
     assert [(s["name"], s["optimizer"]) for s in run["stages"]] == \
         [("first", "Adam"), ("second", "SGD")]
@@ -64,9 +71,8 @@ def test_best_and_final_weights_are_tracked_separately(tmp_path):
 
 
 @pytest.mark.slow
-def test_saved_best_model_reloads_and_reproduces_its_metrics(tmp_path):
-    result = train(tiny(tmp_path, [
-        StageConfig("train", epochs=2, optimizer="adam", unfreeze="all")]), verbose=False)
+def test_saved_best_model_reloads_and_reproduces_its_metrics(two_stage_run):
+    result = two_stage_run
     model = load_model(result.run_dir / "best.keras")
     saved = np.load(result.run_dir / "predictions" / "best-test.npz")
     from tltk import data as tltk_data
@@ -119,13 +125,12 @@ def test_bad_settings_are_one_line_errors(tmp_path):
 
 
 @pytest.mark.slow
-def test_out_dir_holding_a_finished_run_is_refused(tmp_path):
-    config = tiny(tmp_path, [StageConfig("s", epochs=1, unfreeze="all")])
-    train(config, verbose=False)
-    before = (tmp_path / "run" / "metrics.csv").read_text()
+def test_out_dir_holding_a_finished_run_is_refused(two_stage_run):
+    config, run = two_stage_run.config, two_stage_run.run_dir
+    before = (run / "metrics.csv").read_text()
     with pytest.raises(TltkError, match="already holds a finished run"):
         train(config, verbose=False)
-    assert (tmp_path / "run" / "metrics.csv").read_text() == before
+    assert (run / "metrics.csv").read_text() == before
     keras.backend.clear_session()
 
 
