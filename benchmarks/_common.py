@@ -1,8 +1,9 @@
 """Helpers shared by the benchmarks: machine info, timing, tables, result files.
 
-Example:
-    >>> times = timeit(lambda: sum(range(1000)), repeats=5, warmup=1)
-    >>> path = write_results("b0_demo", {"median_s": sorted(times)[2], **machine_info()})
+Example::
+
+    times = timeit(lambda: sum(range(1000)), repeats=5, warmup=1)
+    path = write_results("b0_demo", {"median_s": sorted(times)[2], **machine_info()})
 """
 
 from __future__ import annotations
@@ -92,9 +93,10 @@ def interleaved_rates(runs: dict[str, Callable[[], object]], images: int,
                       repeats: int) -> dict[str, float]:
     """Median images/s of each run, the runs taking turns so they share the load.
 
-    Example:
-        >>> interleaved_rates({"a": fit_a, "b": fit_b}, images=600, repeats=3)
-        {'a': 190.2, 'b': 218.4}
+    Example::
+
+        interleaved_rates({"a": fit_a, "b": fit_b}, images=600, repeats=3)
+        # -> {'a': 190.2, 'b': 218.4}
     """
     seconds = {name: [] for name in runs}
     for _ in range(repeats):

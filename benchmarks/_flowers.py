@@ -3,10 +3,10 @@
 Both assets come from `../shared` beside the repository (see its README); the
 benchmarks stop with a clear message when it is absent.
 
-Example:
-    >>> setup = flowers_setup(per_class=100)
-    >>> setup.model.output_shape
-    (None, 5)
+Example::
+
+    setup = flowers_setup(per_class=100)
+    setup.model.output_shape  # -> (None, 5)
 """
 
 from __future__ import annotations
@@ -82,7 +82,8 @@ def parse_sizes(argv: list[str] | None, description: str) -> tuple[bool, int, in
     """`--quick` for the flowers ratio benchmarks: (quick, images per class, repeats).
 
     Example:
-        >>> quick, per_class, repeats = parse_sizes(["--quick"], "B4")
+        >>> parse_sizes(["--quick"], "B4")
+        (True, 60, 2)
     """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="60 images per class, 2 repeats")

@@ -8,9 +8,10 @@ Adam 1e-5, its BatchNorm still in inference mode because of `training=False`.
 EfficientNet-Lite0); `train_keras_guide` is B5's MobileNetV2 run on a plain cached
 tf.data pipeline, on the same flowers-128 split and weights as tltk.
 
-Example:
-    >>> history = train_keras_guide(setup, stop=TimeToTarget(0.7))
-    >>> model = guide_model(base, keras.layers.Identity(), 5, 160, guide_augmentation())
+Example::
+
+    history = train_keras_guide(setup, stop=TimeToTarget(0.7))
+    model = guide_model(base, keras.layers.Identity(), 5, 160, guide_augmentation())
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
 from tests.tiny import TINY, build_tiny  # noqa: E402, F401
+from tltk.config import DataConfig, RunConfig  # noqa: E402
 from tltk.models import backbones  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +48,26 @@ def _clear_keras():
     import keras
 
     keras.backend.clear_session()
+
+
+# --- a tiny run config -----------------------------------------------------------------
+
+# 10 training images per class of the demo shapes, with small val and test splits.
+SMALL_SPLITS = {"per_class": 10, "val_fraction": 0.05, "test_fraction": 0.05}
+
+
+def tiny_config(out=None, stages=(), *, recipe="test", backbone="tiny", data=None,
+                **fields) -> RunConfig:
+    """A run small enough for engine tests: demo shapes at 32 px, batch 16, no weights.
+
+    `data` updates the DataConfig fields (e.g. `SMALL_SPLITS`, or `dataset="folder"`);
+    `fields` are further RunConfig fields (head, seed, deterministic, ...).
+    """
+    data = DataConfig(**{"dataset": "demo", "image_size": 32, **(data or {})})
+    if out is not None:
+        fields["out"] = str(out)
+    return RunConfig(recipe=recipe, backbone=backbone, weights="none", batch_size=16,
+                     data=data, stages=list(stages), **fields)
 
 
 # --- a tiny "pretrained" backbone ----------------------------------------------------

@@ -20,6 +20,7 @@ def tltk(*args, **kw):
                           text=True, timeout=600, **kw)
 
 
+@pytest.mark.slow
 def test_train_demo_end_to_end_through_the_cli(tmp_path):
     out = tmp_path / "demo"
     proc = tltk("train", "demo", "--image-size", "32", "--per-class", "20",
@@ -63,6 +64,7 @@ def small_folder(root: Path, classes=("a", "b"), per_class=8) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_unavailable_imagenet_weights_fail_before_training_in_one_line(tmp_path):
     data = small_folder(tmp_path / "photos")
     proc = tltk("train", "folder", "--data", str(data), "--backbone", "vgg16",

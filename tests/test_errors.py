@@ -103,6 +103,7 @@ def test_user_errors_are_one_line_exit_2_without_traceback(case, files):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_a_real_process_prints_only_the_error_line_and_debug_shows_the_traceback(tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     command = [sys.executable, "-m", "tltk.cli", "train", "demo", "--image-size", "16"]

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -46,6 +47,7 @@ async def execute_all(paths: list[Path]) -> dict[str, tuple[nbformat.NotebookNod
     return dict(await asyncio.gather(*(one(p) for p in paths)))
 
 
+@pytest.mark.slow
 def test_every_notebook_runs_end_to_end(tmp_path, monkeypatch):
     paths = sorted(NOTEBOOKS.glob("*.ipynb"))
     assert [p.name for p in paths] == ["01_quickstart.ipynb", "02_flowers_transfer.ipynb",

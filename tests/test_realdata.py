@@ -4,11 +4,15 @@ Skipped, with the reason, when ../shared is absent (a user's machine)."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import FLOWERS, MNV2_WEIGHTS, require_shared
 from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig
 from tltk.engine.run import train
 
 
+@pytest.mark.slow
+@pytest.mark.realdata
 def test_folder_transfer_on_flowers_is_far_above_chance(tmp_path):
     require_shared()
     config = RunConfig(

@@ -3,11 +3,13 @@
 Importing tltk registers its serialisable layers (see `tltk.saving`), so
 `keras.models.load_model("runs/x/best.keras")` works in safe mode after `import tltk`.
 
-Example:
-    >>> import tltk
-    >>> result = tltk.train(tltk.RunConfig(recipe="demo", backbone="scratch"))
-    >>> result.metrics  # pandas DataFrame: weights, split, top1, topk, k
-    >>> model, class_names = tltk.load_model(result.run_dir)
+Example::
+
+    import tltk
+    from tltk.recipes import demo
+    result = tltk.train(demo.config())
+    result.metrics  # pandas DataFrame: weights, split, top1, topk, k
+    model, class_names = tltk.load_model(result.run_dir)
 """
 
 import os

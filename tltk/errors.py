@@ -5,6 +5,8 @@ line and exits with status 2, without a traceback (unless `--debug`).
 
 Example:
     >>> raise TltkError("--backbone: unknown name 'vgg91'; did you mean 'vgg19'?")
+    Traceback (most recent call last):
+    tltk.errors.TltkError: --backbone: unknown name 'vgg91'; did you mean 'vgg19'?
 """
 
 from __future__ import annotations

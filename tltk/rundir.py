@@ -21,9 +21,10 @@ Every file is also checked when it is read back (`read_json`, `read_yaml`, `read
 `read_npz`): a missing, truncated, garbled or wrongly shaped file is a one-line
 `TltkError` that names it, says what is wrong and what to do, never a traceback.
 
-Example:
-    >>> run = RunDir.create("runs/x", config)
-    >>> run.write_json("classes.json", ["cat", "dog"])
+Example::
+
+    run = RunDir.create("runs/x", config)
+    run.write_json("classes.json", ["cat", "dog"])
 """
 
 from __future__ import annotations
@@ -294,10 +295,10 @@ class RunDir:
         A finished run, a different run or a folder that is not a run is refused;
         the returned run holds this process's lock on the directory (see `close`).
 
-        Example:
-            >>> run = RunDir.create("runs/x", config.to_yaml())
-            >>> run.resumed  # True when runs/x held an unfinished run of this config
-            False
+        Example::
+
+            run = RunDir.create("runs/x", config.to_yaml())
+            run.resumed  # -> False; True when runs/x held an unfinished run of this config
         """
         run = cls(path)
         if run.path.exists() and not run.path.is_dir():
@@ -432,7 +433,7 @@ def same_run(saved_yaml: str, new_yaml: str) -> bool:
     """Whether two config.yaml texts describe the same run (ignoring `RUNTIME_KEYS`).
 
     Example:
-        >>> same_run("seed: 0\nout: a\n", "seed: 0\nout: /abs/a\n")
+        >>> same_run("seed: 0\\nout: a\\n", "seed: 0\\nout: /abs/a\\n")
         True
     """
     def significant(text: str) -> dict:

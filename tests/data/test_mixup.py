@@ -112,17 +112,18 @@ def test_epoch_stream_mixes_per_batch_and_a_resumed_stream_repeats_the_tail():
     assert not np.allclose(first_epoch.max(axis=1), 1.0), "labels are mixed, not one-hot"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone, unfreeze", [("scratch", "all"), ("vgg16", 0)])
 def test_training_stages_take_mixup_on_images_and_on_cached_features(tmp_path, backbone,
                                                                        unfreeze):
-    from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig
+    from tests.conftest import tiny_config
+    from tltk.config import HeadConfig, StageConfig
     from tltk.engine.run import train
 
-    config = RunConfig(recipe="test", backbone=backbone, weights="none",
-                       data=DataConfig(dataset="demo", image_size=32, per_class=10),
-                       head=HeadConfig(layers=1, units=8), batch_size=16,
-                       stages=[StageConfig("mix", epochs=2, unfreeze=unfreeze, mixup=0.4)],
-                       out=str(tmp_path / "run"))
+    config = tiny_config(tmp_path / "run",
+                         [StageConfig("mix", epochs=2, unfreeze=unfreeze, mixup=0.4)],
+                         backbone=backbone, data={"per_class": 10},
+                         head=HeadConfig(layers=1, units=8))
     result = train(config, verbose=False)
     stage = json.loads((result.run_dir / "run.json").read_text())["stages"][0]
     assert stage["mixup"] == 0.4

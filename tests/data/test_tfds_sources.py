@@ -53,6 +53,7 @@ def stream(split) -> tuple[list[int], list[int]]:
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
+@pytest.mark.slow
 def test_dogs_default_split_follows_the_thesis():
     with mocked(fake_splits()):
         ds = load(DataConfig(dataset="dogs", split_seed=3), seed=3)
@@ -194,6 +195,7 @@ def test_dogs_reads_real_prepared_tfds_data(prepared_dogs):
         assert set(streamed) == {3, 7, 100}
 
 
+@pytest.mark.slow
 def test_dogs_recipe_end_to_end_evaluates_on_v2(tmp_path):
     from tltk.recipes import dogs
 

@@ -10,8 +10,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from tests.conftest import SMALL_SPLITS, tiny_config
 from tltk.cli import main
-from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig
+from tltk.config import HeadConfig, RunConfig, StageConfig
 from tltk.engine import checkpoint as resume
 from tltk.engine.run import train
 from tltk.errors import TltkError
@@ -30,14 +31,11 @@ def _tiny(tiny_backbone):
 def cached_stages_config(out) -> RunConfig:
     """The head on cached pooled features of two augmented views (with dropout), then the
     top block + head on cached activations of the block below (SGD with momentum)."""
-    return RunConfig(
-        recipe="test", backbone="tiny", weights="none", batch_size=16, deterministic=True,
-        data=DataConfig(dataset="demo", image_size=32, per_class=10, val_fraction=0.05,
-                        test_fraction=0.05),
-        head=HeadConfig(layers=1, units=16, dropout=0.5), out=str(out),
-        stages=[StageConfig("bottleneck", epochs=2, unfreeze=0, feature_views=2),
-                StageConfig("finetune", epochs=3, optimizer="sgd", lr=1e-3, momentum=0.9,
-                            unfreeze=1, cache_features=True, augment=False)])
+    return tiny_config(
+        out, [StageConfig("bottleneck", epochs=2, unfreeze=0, feature_views=2),
+              StageConfig("finetune", epochs=3, optimizer="sgd", lr=1e-3, momentum=0.9,
+                          unfreeze=1, cache_features=True, augment=False)],
+        data=SMALL_SPLITS, head=HeadConfig(layers=1, units=16, dropout=0.5), deterministic=True)
 
 
 def crash_at(monkeypatch, point: str) -> None:
@@ -48,6 +46,7 @@ def crash_at(monkeypatch, point: str) -> None:
     monkeypatch.setattr(resume, "fault_point", fault_point)
 
 
+@pytest.mark.slow
 def test_interrupted_cached_feature_stages_resume_to_the_uninterrupted_result(
         tmp_path, monkeypatch):
     reference = train(cached_stages_config(tmp_path / "reference"), verbose=False)
@@ -101,16 +100,3 @@ def test_resume_keeps_the_runs_own_config(tmp_path):
         resume.resume_config(run, recipe="folder")
     other = CliRunner().invoke(main, ["train", "--resume", str(run), "--out", str(tmp_path)])
     assert other.exit_code == 2 and "--out: not used with --resume" in other.output
-
-
-def test_a_second_process_cannot_train_into_a_locked_run(tmp_path):
-    yaml = RunConfig(recipe="demo").to_yaml()
-    first = RunDir.create(tmp_path / "run", yaml)
-    try:
-        with pytest.raises(TltkError, match="being written by another tltk process"):
-            RunDir.create(tmp_path / "run", yaml)
-    finally:
-        first.close()
-    again = RunDir.create(tmp_path / "run", yaml)  # released: an unfinished run resumes
-    assert again.resumed
-    again.close()

@@ -7,26 +7,26 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig
+import pytest
+
+from tests.conftest import SMALL_SPLITS, tiny_config
+from tltk.config import HeadConfig, RunConfig, StageConfig
 from tltk.engine.run import train
 
 
 def config(out=None) -> RunConfig:
     """Everything random is on: seeded splits, per-epoch shuffles, augmentation, dropout
     and initialisation."""
-    return RunConfig(
-        recipe="demo", backbone="scratch", weights="none", batch_size=16, seed=7,
-        deterministic=True, out=None if out is None else str(out),
-        data=DataConfig(dataset="demo", image_size=32, per_class=10, val_fraction=0.05,
-                        test_fraction=0.05),
-        head=HeadConfig(layers=1, units=16, dropout=0.5),
-        stages=[StageConfig("train", epochs=2, optimizer="adam", unfreeze="all")])
+    return tiny_config(out, [StageConfig("train", epochs=2, optimizer="adam", unfreeze="all")],
+                       recipe="demo", backbone="scratch", data=SMALL_SPLITS, seed=7,
+                       head=HeadConfig(layers=1, units=16, dropout=0.5), deterministic=True)
 
 
 def files_under(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
+@pytest.mark.slow
 def test_same_seed_runs_are_identical_and_write_only_their_run_and_cache_dirs(
         tmp_path, monkeypatch):
     home, cwd, tmp = (tmp_path / name for name in ("home", "cwd", "tmp"))

@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from tests.conftest import SMALL_SPLITS, tiny_config
 from tltk.cli import main
 from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig
 from tltk.engine.callbacks import NumericalFault
@@ -36,14 +37,11 @@ def demo_config(out=None, **kw) -> RunConfig:
     """The demo recipe, shrunk: 32 px, 10 training images per class, one 3-epoch stage
     with a cosine schedule (its position must survive a kill), a dropout head (its seed
     state too), augmentation and determinism."""
-    return RunConfig(
-        recipe="demo", backbone="scratch", weights="none", batch_size=16, deterministic=True,
-        data=DataConfig(dataset="demo", image_size=32, per_class=10, val_fraction=0.05,
-                        test_fraction=0.05),
-        head=HeadConfig(layers=1, units=16, dropout=0.5), out=out,
-        stages=kw.pop("stages", None) or [
-            StageConfig("train", epochs=3, optimizer="adam", unfreeze="all",
-                        schedule="cosine")], **kw)
+    stages = kw.pop("stages", None) or [
+        StageConfig("train", epochs=3, optimizer="adam", unfreeze="all", schedule="cosine")]
+    return tiny_config(out, stages, recipe="demo", backbone="scratch", data=SMALL_SPLITS,
+                       head=HeadConfig(layers=1, units=16, dropout=0.5), deterministic=True,
+                       **kw)
 
 
 def killed(args: list[str], point: str) -> subprocess.CompletedProcess:
@@ -53,6 +51,7 @@ def killed(args: list[str], point: str) -> subprocess.CompletedProcess:
                           text=True, timeout=600, env=env)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_and_mid_checkpoint_then_resume_matches_uninterrupted(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text(demo_config().to_yaml())
@@ -92,6 +91,7 @@ def test_sigkill_mid_epoch_and_mid_checkpoint_then_resume_matches_uninterrupted(
     assert again.exit_code == 2 and "is a finished run" in again.output
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_one_line_keeps_best_and_writes_metrics(tmp_path):
     # One good epoch, then a learning rate of 1e9 from the second epoch on.
     config = demo_config(str(tmp_path / "run"), stages=[
@@ -118,6 +118,7 @@ def test_nan_loss_stops_with_one_line_keeps_best_and_writes_metrics(tmp_path):
     assert all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in final.weights)
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_the_run_resumes_after(tmp_path):
     # A 1 MB file-size limit makes every larger write fail with EFBIG, as a full disk
     # fails with ENOSPC; unlike chmod it also stops root.
@@ -143,6 +144,7 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_after(tmp_path):
     assert result.history["epoch"].tolist() == [0]
 
 
+@pytest.mark.slow
 def test_corrupt_images_in_a_folder_are_skipped_and_reported(tmp_path):
     data = tmp_path / "photos"
     for i, name in enumerate(("round", "square")):
@@ -153,10 +155,9 @@ def test_corrupt_images_in_a_folder_are_skipped_and_reported(tmp_path):
     (data / "square" / "truncated.png").write_bytes(
         (data / "square" / "0.png").read_bytes()[:40])
     out, config = tmp_path / "run", tmp_path / "config.yaml"
-    config.write_text(RunConfig(
-        recipe="folder", backbone="scratch", weights="none", batch_size=16,
-        data=DataConfig(dataset="folder", image_size=32),
-        stages=[StageConfig("train", epochs=1, unfreeze="all", augment=False)]).to_yaml())
+    config.write_text(tiny_config(
+        None, [StageConfig("train", epochs=1, unfreeze="all", augment=False)],
+        recipe="folder", backbone="scratch", data={"dataset": "folder"}).to_yaml())
     result = CliRunner().invoke(main, ["train", "folder", "--config", str(config),
                                        "--data", str(data), "--out", str(out)])
     assert result.exit_code == 0, result.output

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig
+from tests.conftest import tiny_config
+from tltk.config import HeadConfig, RunConfig, StageConfig
 from tltk.engine.run import train
 from tltk.errors import TltkError
 from tltk.evaluation.metrics import load_model, topk_accuracy
@@ -20,17 +21,23 @@ from tltk.evaluation.metrics import load_model, topk_accuracy
 
 def tiny(tmp_path, stages, backbone="scratch", **kw) -> RunConfig:
     """Demo shapes at 32 px, 15 training images per class."""
-    return RunConfig(recipe="test", backbone=backbone, weights="none",
-                     data=DataConfig(dataset="demo", image_size=32, per_class=15),
-                     head=kw.pop("head", HeadConfig(layers=1, units=16)), stages=stages,
-                     batch_size=16, out=str(tmp_path / "run"), **kw)
+    return tiny_config(tmp_path / "run", stages, backbone=backbone, data={"per_class": 15},
+                       head=kw.pop("head", HeadConfig(layers=1, units=16)), **kw)
 
 
-def test_stages_switch_optimizer_and_history_spans_them(tmp_path):
-    result = train(tiny(tmp_path, [
+@pytest.fixture(scope="module")
+def two_stage_run(tmp_path_factory):
+    """One finished scratch run of two stages (Adam, then SGD), shared by the tests that
+    only read a finished run."""
+    return train(tiny(tmp_path_factory.mktemp("two-stage"), [
         StageConfig("first", epochs=2, optimizer="adam", lr=1e-3, unfreeze="all"),
         StageConfig("second", epochs=1, optimizer="sgd", lr=1e-3, momentum=0.9,
                     unfreeze="all")]), verbose=False)
+
+
+@pytest.mark.slow
+def test_stages_switch_optimizer_and_history_spans_them(two_stage_run):
+    result = two_stage_run
     run = json.loads((result.run_dir / "run.json").read_text())
     assert [(s["name"], s["optimizer"]) for s in run["stages"]] == \
         [("first", "Adam"), ("second", "SGD")]
@@ -44,6 +51,7 @@ def test_stages_switch_optimizer_and_history_spans_them(tmp_path):
     assert RunConfig.load(result.run_dir / "config.yaml").data.image_size == 32
 
 
+@pytest.mark.slow
 def test_best_and_final_weights_are_tracked_separately(tmp_path):
     # A wildly high learning rate in the second stage wrecks the model, so the best
     # validation epoch is in the first stage and best != final.
@@ -62,9 +70,9 @@ def test_best_and_final_weights_are_tracked_separately(tmp_path):
     assert metrics.loc[("best", "val"), "top1"] > metrics.loc[("final", "val"), "top1"]
 
 
-def test_saved_best_model_reloads_and_reproduces_its_metrics(tmp_path):
-    result = train(tiny(tmp_path, [
-        StageConfig("train", epochs=2, optimizer="adam", unfreeze="all")]), verbose=False)
+@pytest.mark.slow
+def test_saved_best_model_reloads_and_reproduces_its_metrics(two_stage_run):
+    result = two_stage_run
     model = load_model(result.run_dir / "best.keras")
     saved = np.load(result.run_dir / "predictions" / "best-test.npz")
     from tltk import data as tltk_data
@@ -78,10 +86,11 @@ def test_saved_best_model_reloads_and_reproduces_its_metrics(tmp_path):
         100 * topk_accuracy(probs, saved["labels"], 1), abs=0.01)
 
 
-def test_cached_feature_stage_metrics_equal_the_whole_models(tmp_path):
-    # VGG16 has no BatchNorm, so even random weights give informative features.
+@pytest.mark.slow
+def test_cached_feature_stage_metrics_equal_the_whole_models(tmp_path, tiny_backbone):
+    # The two-block "tiny" backbone (no BatchNorm) stands in for a pretrained one.
     config = tiny(tmp_path, [StageConfig("bottleneck", epochs=3, unfreeze=0,
-                                         feature_views=2)], backbone="vgg16")
+                                         feature_views=2)], backbone="tiny")
     result = train(config, verbose=False)
     history = result.history
     metrics = result.metrics.set_index(["weights", "split"])
@@ -92,14 +101,15 @@ def test_cached_feature_stage_metrics_equal_the_whole_models(tmp_path):
     assert list((Path(os.environ["TLTK_CACHE"]) / "features").glob("*.npz")), "cached on disk"
 
 
-def test_feature_cache_is_reused_and_keyed(tmp_path):
+@pytest.mark.slow
+def test_feature_cache_is_reused_and_keyed(tmp_path, tiny_backbone):
     cache_dir = Path(os.environ["TLTK_CACHE"]) / "features"
     stages = [StageConfig("bottleneck", epochs=1, unfreeze=0, augment=False)]
-    train(tiny(tmp_path / "a", stages, backbone="vgg16"), verbose=False)
+    train(tiny(tmp_path / "a", stages, backbone="tiny"), verbose=False)
     first = set(cache_dir.glob("*.npz"))
-    train(tiny(tmp_path / "b", stages, backbone="vgg16"), verbose=False)
+    train(tiny(tmp_path / "b", stages, backbone="tiny"), verbose=False)
     assert set(cache_dir.glob("*.npz")) == first, "a second identical run reuses the cache"
-    other = tiny(tmp_path / "c", stages, backbone="vgg16").override({"data.image_size": 40})
+    other = tiny(tmp_path / "c", stages, backbone="tiny").override({"data.image_size": 40})
     train(other, verbose=False)
     assert len(set(cache_dir.glob("*.npz")) - first) == 2, "a new image size rebuilds"
 
@@ -114,16 +124,17 @@ def test_bad_settings_are_one_line_errors(tmp_path):
         train(tiny(tmp_path, [StageConfig("s", epochs=1, optimizer="sgdd")]), verbose=False)
 
 
-def test_out_dir_holding_a_finished_run_is_refused(tmp_path):
-    config = tiny(tmp_path, [StageConfig("s", epochs=1, unfreeze="all")])
-    train(config, verbose=False)
-    before = (tmp_path / "run" / "metrics.csv").read_text()
+@pytest.mark.slow
+def test_out_dir_holding_a_finished_run_is_refused(two_stage_run):
+    config, run = two_stage_run.config, two_stage_run.run_dir
+    before = (run / "metrics.csv").read_text()
     with pytest.raises(TltkError, match="already holds a finished run"):
         train(config, verbose=False)
-    assert (tmp_path / "run" / "metrics.csv").read_text() == before
+    assert (run / "metrics.csv").read_text() == before
     keras.backend.clear_session()
 
 
+@pytest.mark.slow
 def test_fine_tuning_top_block_on_cached_activations_is_exact(tmp_path):
     # Everything below block5 is frozen, so its output can be cached per view; the
     # stage then trains block5 + head on those activations and the whole model agrees.
@@ -149,6 +160,7 @@ def test_fine_tuning_top_block_on_cached_activations_is_exact(tmp_path):
     assert [s["cached_features"] for s in stages] == ["pooled", "activations"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision,jit", [("mixed_bfloat16", False), ("float32", True)])
 def test_mixed_precision_and_xla_runs_train_and_keep_float32_outputs(tmp_path, precision, jit):
     config = tiny(tmp_path, [StageConfig("s", epochs=1, unfreeze="all")],

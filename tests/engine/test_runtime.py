@@ -24,10 +24,10 @@ SCRIPT = textwrap.dedent("""
 
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from tests.conftest import TINY
+    from tests.conftest import SMALL_SPLITS, TINY, tiny_config
     from tltk.engine import runtime as distribute
     from tltk.models import backbones
-    from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig
+    from tltk.config import HeadConfig, StageConfig
     from tltk.engine.run import train
 
     # The top block trains on cached activations of the one below; the head's BatchNorm
@@ -35,20 +35,18 @@ SCRIPT = textwrap.dedent("""
     # comparison.
     backbones.BACKBONES["tiny"] = TINY
     for strategy in ("auto", "mirrored"):
-        config = RunConfig(
-            recipe="test", backbone="tiny", weights="none", batch_size=16,
-            deterministic=True, strategy=strategy, out=f"{sys.argv[1]}/{strategy}",
-            data=DataConfig(dataset="demo", image_size=32, per_class=10, val_fraction=0.05,
-                            test_fraction=0.05),
-            head=HeadConfig(layers=0),
-            stages=[StageConfig("tune", epochs=2, optimizer="sgd", lr=0.01, momentum=0.9,
-                                unfreeze=1, cache_features=True, augment=False)])
+        config = tiny_config(
+            f"{sys.argv[1]}/{strategy}",
+            [StageConfig("tune", epochs=2, optimizer="sgd", lr=0.01, momentum=0.9, unfreeze=1,
+                         cache_features=True, augment=False)],
+            data=SMALL_SPLITS, head=HeadConfig(layers=0), deterministic=True, strategy=strategy)
         train(config, verbose=False)
         replicas = distribute.make_strategy(strategy).num_replicas_in_sync
         print(json.dumps({"strategy": strategy, "replicas": replicas}))
 """)
 
 
+@pytest.mark.slow
 def test_mirrored_on_two_devices_matches_one_device(tmp_path):
     root = str(ROOT)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",

@@ -1,8 +1,10 @@
-"""Tiny Keras models saved in synthetic run directories, for predict, export and ensembles."""
+"""Tiny Keras models saved in synthetic run directories, for predict, export and ensembles;
+a synthetic history.csv and a PNG check, for plots and reports."""
 
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -66,3 +68,23 @@ def expected_probs(model, paths):
     return model.predict_on_batch(images)
 
 
+def write_history(path, stages=(("head", 3), ("finetune", 2))):
+    rows, epoch = [], 0
+    for name, epochs in stages:
+        for stage_epoch in range(epochs):
+            acc = 0.4 + 0.1 * epoch
+            rows.append({"stage": name, "epoch": epoch, "stage_epoch": stage_epoch,
+                         "loss": 1.5 - 0.2 * epoch, "top1": acc, "topk": acc + 0.2,
+                         "val_loss": 1.6 - 0.2 * epoch, "val_top1": acc - 0.05,
+                         "val_topk": acc + 0.15, "lr": 1e-3})
+            epoch += 1
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def assert_png(path, min_size=(100, 100)):
+    assert path.is_file() and path.stat().st_size > 1024
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size >= min_size
+        return image.size

@@ -2,13 +2,13 @@
 
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from tests.conftest import FLOWERS, require_shared
 from tests.evaluation.conftest import (
     CLASSES,
     SIZE,
@@ -68,12 +68,12 @@ def test_cli_predict_json_and_errors(run_and_model, data_root, tmp_path):
 
 
 
+@pytest.mark.realdata
 def test_predict_matches_the_eval_pipeline_on_real_jpegs(tmp_path):
     from tltk.data.core import file_split, make_pipeline
 
-    flowers = Path(__file__).resolve().parents[3] / "shared" / "data" / "flowers-128"
-    if not flowers.is_dir():
-        pytest.skip(f"real flower images (flowers-128) not found at {flowers}")
+    require_shared()
+    flowers = FLOWERS
     names = sorted(p.name for p in flowers.iterdir() if p.is_dir())
     files = [sorted((flowers / name).glob("*.jpg"))[0] for name in names]
     run, model = make_run(tmp_path / "flowers", flowers, classes=names)

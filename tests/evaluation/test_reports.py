@@ -10,25 +10,13 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from tests.evaluation.conftest import assert_png, write_history
 from tltk.cli import main
 from tltk.config import RunConfig, StageConfig
 from tltk.errors import TltkError
-from tltk.evaluation import plots, reports
+from tltk.evaluation import reports
 
 CLASSES = ["daisy", "rose", "tulip"]
-
-
-def write_history(path, stages=(("head", 3), ("finetune", 2))):
-    rows, epoch = [], 0
-    for name, epochs in stages:
-        for stage_epoch in range(epochs):
-            acc = 0.4 + 0.1 * epoch
-            rows.append({"stage": name, "epoch": epoch, "stage_epoch": stage_epoch,
-                         "loss": 1.5 - 0.2 * epoch, "top1": acc, "topk": acc + 0.2,
-                         "val_loss": 1.6 - 0.2 * epoch, "val_top1": acc - 0.05,
-                         "val_topk": acc + 0.15, "lr": 1e-3})
-            epoch += 1
-    pd.DataFrame(rows).to_csv(path, index=False)
 
 
 def make_run(root, name="run", top1=(80.0, 78.0), with_paths=True, seed=0):
@@ -61,15 +49,6 @@ def make_run(root, name="run", top1=(80.0, 78.0), with_paths=True, seed=0):
         for weights in ("best", "final"):
             np.savez(run / "predictions" / f"{weights}-{split}.npz", **arrays)
     return run
-
-
-def assert_png(path, min_size=(100, 100)):
-    assert path.is_file() and path.stat().st_size > 1024
-    with Image.open(path) as image:
-        image.verify()
-    with Image.open(path) as image:
-        assert image.format == "PNG" and image.size >= min_size
-        return image.size
 
 
 def test_metrics_table_thesis_layout():
@@ -110,23 +89,7 @@ def test_markdown_table_right_aligns_numbers_and_marks_missing():
         "| run | val top-1 | test top-1 |", "|:--|--:|--:|", "| x | 91.2 | – |"]
 
 
-def test_learning_curves_png_marks_stages(tmp_path):
-    write_history(tmp_path / "history.csv")
-    history = pd.read_csv(tmp_path / "history.csv")
-    assert plots.stage_spans(history) == [("head", 0, 2), ("finetune", 3, 4)]
-    assert_png(plots.plot_learning_curves(history, tmp_path / "curves.png", k=2))
-
-
-def test_confusion_plot_scales_with_120_classes(tmp_path):
-    rng = np.random.default_rng(0)
-    names = [f"breed_{i:03d}" for i in range(120)]
-    matrix = rng.integers(0, 5, (120, 120)) + np.eye(120, dtype=int) * 20
-    small = assert_png(plots.plot_confusion(matrix[:5, :5], names[:5], tmp_path / "small.png"))
-    large = assert_png(plots.plot_confusion(matrix, names, tmp_path / "large.png"))
-    # 120 rows of labels need roughly 0.16 in (16 px at 100 dpi) each.
-    assert large[1] > 120 * 14 and large[1] > 2.5 * small[1]
-
-
+@pytest.mark.slow
 def test_run_report_md_and_self_contained_html(tmp_path):
     run = make_run(tmp_path, "flowers")
     md_path = reports.write_run_report(run)

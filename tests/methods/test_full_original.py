@@ -52,6 +52,7 @@ def test_imagenet_index_and_class_wnids():
     assert len(dogs) == 120 and dogs[0] == CHIHUAHUA
 
 
+@pytest.mark.slow
 def test_random_classifier_maps_onto_dog_classes():
     spec = get_backbone("mobilenetv2")
     model = ib.build_imagenet_classifier(spec, "none", 32)
@@ -68,6 +69,7 @@ def test_random_classifier_maps_onto_dog_classes():
     assert outside == 100.0 * np.mean(index[probs_1000.argmax(1)] < 0)
 
 
+@pytest.mark.slow
 def test_local_include_top_weights_and_clear_errors(tmp_path):
     spec = get_backbone("mobilenetv2")
     random = ib.build_imagenet_classifier(spec, "none", 32)
@@ -120,6 +122,7 @@ def mocked_tfds(tfds, splits):
     return tfds.testing.mock_data(as_dataset_fn=as_dataset)
 
 
+@pytest.mark.slow
 def test_full_original_on_mocked_dogs(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     few = [3, 7, 100]  # three breeds keep it fast; the 120 dog classes all stay outputs
@@ -136,6 +139,7 @@ def test_full_original_on_mocked_dogs(tmp_path):
     assert v2["probs"].shape == (120, 120) and sorted(v2["labels"]) == list(range(120))
 
 
+@pytest.mark.slow
 def test_cli_baseline_on_wordnet_folders(tmp_path):
     rng = np.random.default_rng(0)
     root = tmp_path / "Images"

@@ -4,7 +4,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pathlib import Path  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -14,6 +13,7 @@ import tensorflow as tf  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from tests.conftest import FLOWERS, MNV2_WEIGHTS, require_shared  # noqa: E402
 from tltk.cli import main  # noqa: E402
 from tltk.errors import TltkError  # noqa: E402
 from tltk.methods.lr_finder import (  # noqa: E402
@@ -25,10 +25,6 @@ from tltk.methods.lr_finder import (  # noqa: E402
     suggest,
     write_lr_find,
 )
-
-SHARED = Path(__file__).resolve().parents[3] / "shared"
-FLOWERS = SHARED / "data" / "flowers-128"
-MNV2 = SHARED / "weights" / "mobilenet_v2_1.0_160_dogs19_notop.weights.h5"
 
 
 def tiny_problem(seed=0):
@@ -114,6 +110,7 @@ def test_bad_arguments_are_user_errors():
         find_lr(model, ds, start_lr=1.0, end_lr=0.1)
 
 
+@pytest.mark.slow
 def test_lr_find_command_on_the_demo_recipe(tmp_path):
     args = ["lr-find", "demo", "--image-size", "32", "--per-class", "8", "--batch-size", "8",
             "--steps", "12", "--start-lr", "1e-5", "--end-lr", "10", "--out", str(tmp_path)]
@@ -127,13 +124,14 @@ def test_lr_find_command_on_the_demo_recipe(tmp_path):
     assert bad.exit_code == 2 and "no stage named 'warmup'" in bad.output
 
 
+@pytest.mark.slow
+@pytest.mark.realdata
 def test_lr_find_on_flowers_finetune_stage_with_block_rates(tmp_path):
-    if not (FLOWERS.is_dir() and MNV2.is_file()):
-        pytest.skip(f"real assets not found at {SHARED} (flowers-128 and MobileNetV2 weights)")
+    require_shared()
     from tltk.recipes import folder
 
     config = folder.config().override({
-        "data.path": str(FLOWERS), "weights": str(MNV2), "data.image_size": 64,
+        "data.path": str(FLOWERS), "weights": str(MNV2_WEIGHTS), "data.image_size": 64,
         "data.per_class": 8, "batch_size": 8, "stages.finetune.block_lr_decay": 0.5})
     lines = []
     result = lr_find_config(config, "finetune", steps=10, start_lr=1e-5, end_lr=1.0,

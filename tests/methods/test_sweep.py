@@ -10,9 +10,10 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
+from tests.conftest import tiny_config  # noqa: E402
 from tltk import data as tltk_data  # noqa: E402
 from tltk.cli import main  # noqa: E402
-from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig  # noqa: E402
+from tltk.config import HeadConfig, RunConfig, StageConfig  # noqa: E402
 from tltk.errors import TltkError  # noqa: E402
 from tltk.methods.sweep import (  # noqa: E402
     Condition,
@@ -30,13 +31,11 @@ VGG = get_backbone("vgg16")  # five blocks
 
 
 def base_config(tmp_path) -> RunConfig:
-    return RunConfig(recipe="test", backbone="vgg16", weights="none",
-                     data=DataConfig(dataset="demo", image_size=32),
-                     head=HeadConfig(layers=1, units=8), batch_size=16, seed=7,
-                     stages=[StageConfig("head", epochs=1, unfreeze=0),
-                             StageConfig("tune", epochs=1, optimizer="sgd", lr=1e-3,
-                                         momentum=0.9, unfreeze=1)],
-                     out=str(tmp_path / "unused"))
+    return tiny_config(tmp_path / "unused",
+                       [StageConfig("head", epochs=1, unfreeze=0),
+                        StageConfig("tune", epochs=1, optimizer="sgd", lr=1e-3, momentum=0.9,
+                                    unfreeze=1)],
+                       backbone="vgg16", head=HeadConfig(layers=1, units=8), seed=7)
 
 
 def test_grid_options_parse_and_reject_bad_values():
@@ -53,6 +52,7 @@ def test_freeze_depth_counts_frozen_blocks_from_the_bottom():
     assert [unfreeze_for(d, VGG) for d in (0, 1, 4, "all")] == ["all", 4, 1, 0]
 
 
+@pytest.mark.slow
 def test_conditions_keep_the_split_and_the_head_stage_and_vary_the_seed(tmp_path):
     base = base_config(tmp_path)
     configs = [condition_config(base, VGG, Condition(6, depth, r), tmp_path, 3)
@@ -108,8 +108,9 @@ def test_table_and_heuristic_from_known_numbers():
     assert "10 per class: transfer 71.0% vs scratch 30.0%" in text
 
 
-def test_sweep_end_to_end_on_tiny_data(tmp_path):
-    base = base_config(tmp_path)
+@pytest.mark.slow
+def test_sweep_end_to_end_on_tiny_data(tmp_path, tiny_backbone):
+    base = base_config(tmp_path).override({"backbone": "tiny"})  # two blocks: a fast "all"
     out = tmp_path / "sweep"
     result = sweep(base, [4], ["all"], repeats=1, out=out, scratch_epochs=1,
                    say=lambda _: None)

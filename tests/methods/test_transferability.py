@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from tests.conftest import FLOWERS, MNV2_WEIGHTS, require_shared
 from tltk.cli import main
 from tltk.methods.transferability import (
     h_score,
@@ -23,9 +24,6 @@ from tltk.methods.transferability import (
 )
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-SHARED = Path(__file__).resolve().parents[3] / "shared"
-FLOWERS = SHARED / "data" / "flowers-128"
-MNV2 = SHARED / "weights" / "mobilenet_v2_1.0_160_dogs19_notop.weights.h5"
 
 
 def reference_log_evidence(features, y, alpha, beta):
@@ -170,11 +168,12 @@ def test_distance_command_on_tiny_folders(tmp_path):
     assert missing.exit_code == 2 and "folder not found" in missing.output
 
 
+@pytest.mark.slow
+@pytest.mark.realdata
 def test_rank_command_on_flowers_with_pretrained_and_random_features(tmp_path):
-    if not (FLOWERS.is_dir() and MNV2.is_file()):
-        pytest.skip(f"real assets not found at {SHARED} (flowers-128 and MobileNetV2 weights)")
+    require_shared()
     args = ["rank", "folder", "--data", str(FLOWERS), "--backbones", "mobilenetv2,scratch",
-            "--weights", f"mobilenetv2={MNV2}", "--image-size", "64", "--per-class", "12",
+            "--weights", f"mobilenetv2={MNV2_WEIGHTS}", "--image-size", "64", "--per-class", "12",
             "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path)]
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output

@@ -17,8 +17,9 @@ import pytest
 from click.testing import CliRunner
 
 import tltk.methods.tuning
+from tests.conftest import SMALL_SPLITS, tiny_config
 from tltk.cli import main
-from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig
+from tltk.config import HeadConfig, RunConfig, StageConfig
 from tltk.engine.features import FeatureCache
 from tltk.errors import TltkError
 from tltk.methods.tuning import (
@@ -38,14 +39,12 @@ SPACE = SearchSpace(finetune_blocks=(1, 1))
 
 def tiny(cache_dir: Path) -> RunConfig:
     """Demo shapes at 32 px, 8 training images per class, random VGG16, 1 + 1 epochs."""
-    return RunConfig(
-        recipe="demo", backbone="vgg16", weights="none",
-        data=DataConfig(dataset="demo", image_size=32, per_class=8, val_fraction=0.05,
-                        test_fraction=0.05),
-        head=HeadConfig(layers=1, units=16), batch_size=16, cache_dir=str(cache_dir),
-        stages=[StageConfig("bottleneck", epochs=1, unfreeze=0, augment=False),
-                StageConfig("finetune", epochs=1, optimizer="sgd", lr=1e-3, momentum=0.9,
-                            unfreeze=1, augment=False)])
+    return tiny_config(
+        None, [StageConfig("bottleneck", epochs=1, unfreeze=0, augment=False),
+               StageConfig("finetune", epochs=1, optimizer="sgd", lr=1e-3, momentum=0.9,
+                           unfreeze=1, augment=False)],
+        recipe="demo", backbone="vgg16", data={**SMALL_SPLITS, "per_class": 8},
+        head=HeadConfig(layers=1, units=16), cache_dir=str(cache_dir))
 
 
 def live_layers() -> int:
@@ -91,6 +90,7 @@ def test_hyperband_spreads_its_budget_over_the_stages(tmp_path):
     assert not list(tmp_path.glob("trials/*")), "creating a trial builds nothing"
 
 
+@pytest.mark.slow
 def test_user_errors_are_one_line(tmp_path, monkeypatch):
     config = tiny(tmp_path)
     with pytest.raises(TltkError, match="--tuner: unknown name 'randm'; did you mean 'random'"):
@@ -148,6 +148,7 @@ def search(tmp_path_factory):
             "extractions": extractions}
 
 
+@pytest.mark.slow
 def test_rerun_continues_an_interrupted_search(search):
     calls = [(call, trial) for call, trial, _ in search["builds"]]
     assert calls == [(1, "0"), (1, "1"), (2, "1")], "trial 0 is not rerun"
@@ -159,16 +160,19 @@ def test_rerun_continues_an_interrupted_search(search):
     assert history["stage"].tolist() == ["bottleneck", "finetune"]
 
 
+@pytest.mark.slow
 def test_trials_after_the_first_reuse_cached_features(search):
     assert search["extractions"] and set(search["extractions"]) == {"0"}
 
 
+@pytest.mark.slow
 def test_live_keras_layers_do_not_grow_across_trials(search):
     counts = [layers for _, _, layers in search["builds"]]
     # A leaked trial would keep its ~30 layers (VGG16 + head) alive into the next.
     assert max(counts) - counts[0] < 10, counts
 
 
+@pytest.mark.slow
 def test_results_table_and_best_config(search):
     out, result = search["out"], search["result"]
     trials = pd.read_csv(out / "trials.csv", dtype={"trial": str})
@@ -193,6 +197,7 @@ def test_results_table_and_best_config(search):
         tune(search["config"].override({"seed": 1}), max_trials=2, out=out)
 
 
+@pytest.mark.slow
 def test_best_config_trains_with_tltk_train_config(search, tmp_path):
     run = tmp_path / "retrained"
     result = CliRunner().invoke(main, ["train", "demo", "--config",
@@ -210,6 +215,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_distributed_chief_and_worker_on_localhost(tmp_path):
     config, out = tmp_path / "base.yaml", tmp_path / "search"
     config.write_text(tiny(tmp_path / "features").to_yaml())

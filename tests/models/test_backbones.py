@@ -23,6 +23,7 @@ def _bn_layers(model):
     return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_every_backbone_builds_and_declares_real_blocks(name):
     spec = get_backbone(name)
@@ -57,6 +58,7 @@ def test_unfreeze_all_keeps_batchnorm_frozen():
     assert _bn_layers(base) and not any(layer.trainable for layer in _bn_layers(base))
 
 
+@pytest.mark.slow
 def test_batchnorm_statistics_do_not_move_while_fine_tuning():
     spec = get_backbone("mobilenetv2")
     model = build_classifier(build_backbone(spec, "none", 32), spec, 3, HeadConfig())

@@ -66,6 +66,7 @@ def one_fit_step(optimizer_for):
     return {v.path: v.numpy() - before[v.path] for v in model.trainable_variables}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["sgd", "adam"])
 def test_one_fit_step_moves_each_block_by_its_multiplier(name):
     stage = stage_for(name)
@@ -143,6 +144,7 @@ def test_plain_stage_gets_a_plain_optimizer_and_bad_settings_are_user_errors():
     assert head_only.lr_multipliers["block1_conv/kernel"] == 3.0
 
 
+@pytest.mark.slow
 def test_saved_model_reloads_its_discriminative_optimizer(tmp_path):
     model, backbone = tiny_model()
     stage = stage_for("adam")

@@ -167,20 +167,20 @@ def test_new_stage_fields_round_trip_and_default_to_old_behaviour():
     assert again.stages[0].schedule_args == {"period": 1, "t_mul": 1.0}
 
 
+@pytest.mark.slow
 def test_engine_history_follows_the_stage_schedule(tmp_path):
-    from tltk.config import DataConfig, HeadConfig
+    from tests.conftest import tiny_config
+    from tltk.config import HeadConfig
     from tltk.engine.run import train
 
     stage = StageConfig("only", epochs=3, optimizer="sgd", lr=0.05, momentum=0.9,
                         unfreeze="all", schedule="cosine", warmup_epochs=1,
                         schedule_args={"min_lr": 0.005})
-    config = RunConfig(recipe="test", backbone="scratch", weights="none",
-                       # A small train split by fractions, not per_class: per_class filters
-                       # the stream, and Keras then counts one extra step per epoch.
-                       data=DataConfig(dataset="demo", image_size=32, val_fraction=0.1,
-                                       test_fraction=0.8),
-                       head=HeadConfig(layers=0), stages=[stage], batch_size=16,
-                       out=str(tmp_path / "run"))
+    # A small train split by fractions, not per_class: per_class filters the stream, and
+    # Keras then counts one extra step per epoch.
+    config = tiny_config(tmp_path / "run", [stage], backbone="scratch",
+                         data={"val_fraction": 0.1, "test_fraction": 0.8},
+                         head=HeadConfig(layers=0))
     history = train(config, verbose=False).history
     steps = int(np.ceil(6 * 20 / 16))  # 6 demo classes x 20 training images per class
     schedule = make_lr(stage, steps)
@@ -190,6 +190,7 @@ def test_engine_history_follows_the_stage_schedule(tmp_path):
     assert history["lr"].iloc[0] == pytest.approx(0.05)  # warmup done, cosine just starting
 
 
+@pytest.mark.slow
 def test_a_step_schedule_model_loads_in_plain_keras(tmp_path):
     """Without warmup the schedules are Keras' own: no tltk import is needed to load."""
     stage = StageConfig("ft", epochs=30, optimizer="sgd", lr=0.004, lr_steps=[[25, 0.001]])

@@ -60,6 +60,7 @@ def test_tltk_recipes_lists_each_recipe_on_one_line():
         assert line.endswith(get_recipe(name).SUMMARY)
 
 
+@pytest.mark.slow
 def test_tltk_train_dogs_vgg19_runs_the_thesis_protocol(tmp_path):
     out = tmp_path / "dogs-vgg19"
     with mocked(dog_splits()):
@@ -79,6 +80,7 @@ def test_tltk_train_dogs_vgg19_runs_the_thesis_protocol(tmp_path):
     assert (finetune["optimizer"], finetune["trainable_blocks"]) == ("SGD", ["block5"])
 
 
+@pytest.mark.slow
 def test_dogs_recipe_runs_with_resnet50(tmp_path):
     with mocked(dog_splits()):
         result = dogs.run(backbone="resnet50", weights="none", data=TINY, epochs_head=1,
@@ -88,6 +90,7 @@ def test_dogs_recipe_runs_with_resnet50(tmp_path):
     assert stages_run(result.run_dir)[1]["trainable_blocks"] == ["conv5_block3"]
 
 
+@pytest.mark.slow
 def test_flowers_recipe_reports_top2_and_steps_its_learning_rate(tmp_path):
     splits = {"tf_flowers": {"train": np.repeat(np.arange(5), 10)}}
     with mocked(splits):
@@ -101,6 +104,7 @@ def test_flowers_recipe_reports_top2_and_steps_its_learning_rate(tmp_path):
     assert history.loc[history["stage"] == "bottleneck", "lr"].tolist() == pytest.approx([1e-3])
 
 
+@pytest.mark.slow
 def test_baseline_returns_the_table3_grid_on_demo(tmp_path):
     result = baseline.run(data={"dataset": "demo", "image_size": 32, "per_class": 8,
                                 "val_fraction": 0.05},

@@ -15,9 +15,10 @@ Conventions (taken from IDG's source, which this module reproduces on purpose):
   for square images (tltk's are square);
 * `theta` and `shear` are in degrees; flips are applied after the affine part.
 
-Example:
-    >>> aug = RandomAffine(seed=0)  # the thesis defaults
-    >>> ds = ds.batch(32).map(lambda x, y: (aug(x, training=True), y))
+Example::
+
+    aug = RandomAffine(seed=0)  # the thesis defaults
+    ds = ds.batch(32).map(lambda x, y: (aug(x, training=True), y))
 """
 
 from __future__ import annotations

@@ -5,10 +5,11 @@ A source (demo, folder, tfds sets) returns a `Dataset`: class names plus named
 stratified subsets) and builds a `tf.data.Dataset` of `(uint8 image, label)` on
 demand, in a fixed order aligned with `labels`.
 
-Example:
-    >>> ds = tltk.data.load(DataConfig(dataset="demo"), seed=0)
-    >>> train = make_pipeline(ds.splits["train"], image_size=64, batch_size=32,
-    ...                       training=True, seed=0)
+Example::
+
+    ds = tltk.data.load(DataConfig(dataset="demo"), seed=0)
+    train = make_pipeline(ds.splits["train"], image_size=64, batch_size=32,
+                          training=True, seed=0)
 """
 
 from __future__ import annotations

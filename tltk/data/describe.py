@@ -11,10 +11,10 @@ Writes into `out`:
 
 Figures use matplotlib's Agg canvas (no pyplot, no display).
 
-Example:
-    >>> files = describe("folder", "reports/flowers", data="../shared/data/flowers-128")
-    >>> sorted(files)
-    ['augmentation', 'image_sizes', 'samples', 'summary', 'summary_md']
+Example::
+
+    files = describe("folder", "reports/flowers", data="../shared/data/flowers-128")
+    sorted(files)  # -> ['augmentation', 'image_sizes', 'samples', 'summary', 'summary_md']
 """
 
 from __future__ import annotations
@@ -58,8 +58,9 @@ def describe(dataset: str, out: str | Path, data: str | None = None, seed: int =
     `data` is the image folder (folder source) or the tfds data_dir; `data_options`
     are further `DataConfig` fields (e.g. `val_fraction=0.3`, `split="official"`).
 
-    Example:
-        >>> describe("flowers", "reports/flowers", data="/data/tfds", val_fraction=0.3)
+    Example::
+
+        describe("flowers", "reports/flowers", data="/data/tfds", val_fraction=0.3)
     """
     out = Path(out)
     if out.exists() and not out.is_dir():

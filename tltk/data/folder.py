@@ -11,10 +11,10 @@ skipped and listed in `Dataset.skipped` with their reason (the run writes them t
 usable image is dropped with a warning; fewer than two classes, or a class too small for
 the requested split, is a `TltkError`.
 
-Example:
-    >>> ds = load_folder(DataConfig(dataset="folder", path="../shared/data/flowers-128"))
-    >>> ds.class_names, len(ds.skipped)
-    (['daisy', 'dandelion', 'rose', 'sunflower', 'tulip'], 0)
+Example::
+
+    ds = load_folder(DataConfig(dataset="folder", path="../shared/data/flowers-128"))
+    ds.class_names, len(ds.skipped)  # -> (['daisy', 'dandelion', 'rose', 'sunflower', 'tulip'], 0)
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def check_split_sizes(root, names: list[str], labels: np.ndarray,
     Example:
         >>> check_split_sizes("photos", ["a", "b"], np.array([0, 1, 1]), {"val": .2})
         Traceback (most recent call last):
-        tltk.errors.TltkError: --data: class 'a' in photos has 1 image(s) ...
+        tltk.errors.TltkError: --data: class 'a' in photos has 1 image(s), but ...
     """
     wanted = [name for name, fraction in fractions.items() if fraction > 0]
     need = 1 + len(wanted)  # one image for train and each requested split

@@ -6,10 +6,11 @@ labels likewise, so the model must be trained with categorical (not sparse)
 cross-entropy. Beta draws come from two Gamma draws, G1 / (G1 + G2). Draws are
 seeded and differ from epoch to epoch.
 
-Example:
-    >>> train = make_pipeline(split, 64, 32, training=True, seed=0)
-    >>> train = mixup_batches(train, alpha=0.2, num_classes=5, seed=0)
-    >>> model.compile(optimizer, loss="categorical_crossentropy")
+Example::
+
+    train = make_pipeline(split, 64, 32, training=True, seed=0)
+    train = mixup_batches(train, alpha=0.2, num_classes=5, seed=0)
+    model.compile(optimizer, loss="categorical_crossentropy")
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ def mix_batch(images, labels, num_classes: int, alpha: float, seed):
     """Mix one batch `(images [B, ...], int labels [B])` -> `(images, one-hot [B, C])`.
 
     Example:
+        >>> images, labels = tf.zeros([4, 8, 8, 3]), tf.constant([0, 1, 2, 0])
         >>> x, y = mix_batch(images, labels, num_classes=3, alpha=0.4, seed=[0, 1])
+        >>> x.shape, y.shape, round(float(tf.reduce_sum(y[0])), 4)  # each row sums to 1
+        (TensorShape([4, 8, 8, 3]), TensorShape([4, 3]), 1.0)
     """
     images = tf.convert_to_tensor(images)
     seed = tf.cast(seed, tf.int64)
@@ -52,8 +56,9 @@ def mixup_batches(ds: tf.data.Dataset, alpha: float, num_classes: int,
                   seed: int = 0) -> tf.data.Dataset:
     """Apply mixup to every batch of a batched `(float images, int labels)` dataset.
 
-    Example:
-        >>> mixup_batches(train_ds, alpha=0.2, num_classes=5, seed=0)
+    Example::
+
+        mixup_batches(train_ds, alpha=0.2, num_classes=5, seed=0)
     """
     if alpha <= 0:
         raise ValueError(f"mixup alpha must be positive, got {alpha}")

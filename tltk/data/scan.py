@@ -10,11 +10,11 @@ Results are cached per file under `$TLTK_CACHE/scans/` (default `~/.cache/tltk`)
 by the folder's absolute path and each file's size and mtime, so a rescan only opens new
 or changed files. Nothing is ever written into the data folder.
 
-Example:
-    >>> result = scan_files(Path("photos"), sorted(Path("photos").rglob("*.jpg")))
-    >>> len(result.used) + len(result.skipped) == len(result.files)
-    True
-    >>> write_skipped_csv("runs/x/skipped.csv", result.skipped)
+Example::
+
+    result = scan_files(Path("photos"), sorted(Path("photos").rglob("*.jpg")))
+    len(result.used) + len(result.skipped) == len(result.files)  # -> True
+    write_skipped_csv("runs/x/skipped.csv", result.skipped)
 """
 
 from __future__ import annotations
@@ -189,10 +189,11 @@ def _first_line(exc: Exception) -> str:
 def scan_files(root: Path, paths: list[Path], progress: bool = True) -> ScanResult:
     """Scan `paths` (files below the folder `root`), reusing cached results.
 
-    Example:
-        >>> result = scan_files(root, list_of_paths)
-        >>> result.skipped[:1]
-        [('root/cat/broken.jpg', 'truncated or corrupt: image file is truncated')]
+    Example::
+
+        result = scan_files(root, list_of_paths)
+        result.skipped[:1]
+        # -> [('root/cat/broken.jpg', 'truncated or corrupt: image file is truncated')]
     """
     start = time.perf_counter()
     root = Path(root).expanduser().resolve()
@@ -280,7 +281,8 @@ def _write_cache(cache_file: Path, root: Path, results: dict, stats: dict) -> No
 def write_skipped_csv(path: str | Path, skipped: list[tuple[str, str]]) -> None:
     """Write `skipped` as a CSV with columns path,reason (atomically).
 
-    Example:
-        >>> write_skipped_csv(run.file("skipped.csv"), dataset.skipped)
+    Example::
+
+        write_skipped_csv(run.file("skipped.csv"), dataset.skipped)
     """
     write_csv(Path(path), pd.DataFrame(list(skipped), columns=["path", "reason"]))

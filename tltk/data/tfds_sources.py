@@ -24,11 +24,12 @@ split streams (`Split.source()`).
   `tltk train folder --data ../shared/data/flowers-128`, or the flower protocol with
   `recipes.flowers.run(data={"dataset": "folder", "path": "../shared/data/flowers-128"})`.
 
-Example:
-    >>> cfg = DataConfig(dataset="dogs", path="/data/tfds")
-    >>> ds = load_dogs(cfg, seed=0)
-    >>> ds.class_names[:2], [len(ds.splits[s]) for s in ("val", "test")]
-    (['chihuahua', 'japanese_spaniel'], [3600, 2400])
+Example::
+
+    cfg = DataConfig(dataset="dogs", path="/data/tfds")
+    ds = load_dogs(cfg, seed=0)
+    ds.class_names[:2], [len(ds.splits[s]) for s in ("val", "test")]
+    # -> (['chihuahua', 'japanese_spaniel'], [3600, 2400])
 """
 
 from __future__ import annotations

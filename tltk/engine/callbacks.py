@@ -5,9 +5,10 @@ best-so-far metric run across stages. Each has a `stage` attribute the engine se
 Their state is small and restorable (`state()` / `restore()`), so a resumed run
 continues the same history and best-so-far (see `tltk.engine.checkpoint`).
 
-Example:
-    >>> saver = BestModelSaver(model, run)
-    >>> model.fit(train, validation_data=val, callbacks=[HistoryWriter(run), saver])
+Example::
+
+    saver = BestModelSaver(model, run)
+    model.fit(train, validation_data=val, callbacks=[HistoryWriter(run), saver])
 """
 
 from __future__ import annotations
@@ -62,8 +63,9 @@ class HistoryWriter(keras.callbacks.Callback):
         """Continue after the first `rows` rows of history.csv (later ones, written after
         the last checkpoint, are dropped by the next epoch's rewrite).
 
-        Example:
-            >>> writer.restore(rows=3)  # epochs 0-2 survive a crash during epoch 3
+        Example::
+
+            writer.restore(rows=3)  # epochs 0-2 survive a crash during epoch 3
         """
         path = self.run.file("history.csv")
         self.rows = []
@@ -180,8 +182,9 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
     epoch never reaches the history, best.keras or a checkpoint; `fix` names the
     stage's settings to change.
 
-    Example:
-        >>> model.fit(data, callbacks=[NonFiniteLossGuard("finetune", "lower its lr")])
+    Example::
+
+        model.fit(data, callbacks=[NonFiniteLossGuard("finetune", "lower its lr")])
     """
 
     # Keras then runs the batch check on a worker thread instead of syncing every step;

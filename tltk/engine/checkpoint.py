@@ -66,8 +66,9 @@ def fault_point(name: str) -> None:
 def resume_config(run_dir: str | Path, recipe: str | None = None) -> RunConfig:
     """The config of the unfinished run in `run_dir`, for `tltk train --resume`.
 
-    Example:
-        >>> train(resume_config("runs/demo"))
+    Example::
+
+        train(resume_config("runs/demo"))
     """
     run = RunDir(run_dir)
     if not run.file("config.yaml").is_file():
@@ -117,10 +118,11 @@ class EpochCheckpoint(keras.callbacks.Callback):
     It must follow the HistoryWriter and the (deferred) BestModelSaver in the callback
     list: the commit records their state after the epoch, then publishes best.keras.
 
-    Example:
-        >>> saver.deferred = True
-        >>> model.fit(..., callbacks=[history, saver, EpochCheckpoint(run, "head", model,
-        ...                                                           (history, saver))])
+    Example::
+
+        saver.deferred = True
+        model.fit(..., callbacks=[history, saver, EpochCheckpoint(run, "head", model,
+                                                                  (history, saver))])
     """
 
     # Its batch hook is only the test fault point: let Keras keep batches asynchronous.

@@ -9,10 +9,11 @@ so runs and tuner trials reuse them and any change rebuilds them. Each cache fil
 a `.sha256` sidecar written after it; a file that does not match it (truncated by a
 full disk, a killed copy) is logged in one line, deleted and rebuilt (`verify`).
 
-Example:
-    >>> cache = FeatureCache("~/.cache/tltk/features")
-    >>> feats = cache.get(extractor, split, key=key, make_inputs=make_inputs, views=4)
-    >>> feats.shape  # (views, examples, channels)
+Example::
+
+    cache = FeatureCache("~/.cache/tltk/features")
+    feats = cache.get(extractor, split, key=key, make_inputs=make_inputs, views=4)
+    feats.shape  # (views, examples, channels)
 """
 
 from __future__ import annotations

@@ -11,11 +11,11 @@ its last completed epoch (see `tltk.engine.checkpoint`); a NaN or infinite loss 
 the run with the weights of the last good epoch kept and evaluated. `config.strategy`
 runs it all in a `tf.distribute` strategy (see `tltk.engine.runtime`).
 
-Example:
-    >>> from tltk.recipes import demo
-    >>> result = train(demo.config().override({"stages.finetune.epochs": 1}))
-    >>> result.metrics.columns.tolist()
-    ['weights', 'split', 'top1', 'topk', 'k']
+Example::
+
+    from tltk.recipes import demo
+    result = train(demo.config().override({"stages.anneal.epochs": 1}))
+    result.metrics.columns.tolist()  # -> ['weights', 'split', 'top1', 'topk', 'k']
 """
 
 from __future__ import annotations

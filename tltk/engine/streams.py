@@ -99,8 +99,12 @@ def seeded_augment(layer: keras.layers.Layer):
     The layer's random draws then depend only on the seed passed with each batch.
 
     Example:
-        >>> augment = seeded_augment(RandomAffine(seed=0))
-        >>> augment(images, tf.constant([7, 0], tf.int64))  # the same for every call
+        >>> from tltk.data.augment import RandomAffine
+        >>> augment = seeded_augment(RandomAffine(rotation_range=30, seed=0))
+        >>> images = tf.random.stateless_uniform([2, 16, 16, 3], seed=[1, 2])
+        >>> first = augment(images, tf.constant([7, 0], tf.int64))
+        >>> bool(tf.reduce_all(first == augment(images, tf.constant([7, 0], tf.int64))))
+        True
     """
     generator = _BatchSeed(getattr(layer, "seed", None) or 0)
     # RandomAffine draws from `seed_generator`; Keras's preprocessing layers (RandAugment,

@@ -136,8 +136,9 @@ def ensemble_runs(run_dirs, out: str | Path, weights: str = "best") -> pd.DataFr
     member's row and the ensemble's), `classes.json`, `ensemble.json` and
     `predictions/ensemble-<split>.npz` to `out`; returns the table.
 
-    Example:
-        >>> ensemble_runs(["runs/a", "runs/b"], "runs/a+b")[["run", "val top-1"]]
+    Example::
+
+        ensemble_runs(["runs/a", "runs/b"], "runs/a+b")[["run", "val top-1"]]
     """
     if len(run_dirs) < 2:
         raise TltkError("RUN: an ensemble needs at least two runs")

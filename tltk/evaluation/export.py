@@ -74,10 +74,10 @@ def _export_saved_model(model, out: Path) -> None:
 def load_exported(path: str | Path, fmt: str):
     """A callable `images [N, S, S, 3] float32 0..255 -> probs [N, C]` for an export.
 
-    Example:
-        >>> predict = load_exported("flowers.tflite", "tflite")
-        >>> predict(np.zeros((2, 160, 160, 3), np.float32)).shape
-        (2, 5)
+    Example::
+
+        predict = load_exported("flowers.tflite", "tflite")
+        predict(np.zeros((2, 160, 160, 3), np.float32)).shape  # -> (2, 5)
     """
     path = Path(path)
     if fmt == "keras":

@@ -4,8 +4,9 @@ Figures are built on `matplotlib.figure.Figure` with the Agg canvas, never pyplo
 nothing depends on a display or on pyplot's global state. Each function writes its PNG
 atomically and returns the path.
 
-Example:
-    >>> plot_learning_curves(pd.read_csv("runs/x/history.csv"), "runs/x/report/curves.png")
+Example::
+
+    plot_learning_curves(pd.read_csv("runs/x/history.csv"), "runs/x/report/curves.png")
 """
 
 from __future__ import annotations

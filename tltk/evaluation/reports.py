@@ -6,12 +6,12 @@ thesis's result tables. `write_run_report` writes `report.md` (PNG links) and a
 self-contained `report.html` (PNG embedded as base64) into the run directory, with
 figures and CSVs under `report/`.
 
-Example:
-    >>> compare_runs(["runs/vgg19-bottleneck", "runs/vgg19-finetune"])
-             run weights  val top-1  val top-5  test top-1  test top-5
-    0  vgg19-bottleneck    best       88.4       ...
-    >>> write_run_report("runs/vgg19-finetune")
-    PosixPath('runs/vgg19-finetune/report.md')
+Example::
+
+    compare_runs(["runs/vgg19-bottleneck", "runs/vgg19-finetune"])
+    #                 run weights  val top-1  val top-5  test top-1  test top-5
+    # 0  vgg19-bottleneck    best       88.4       ...
+    write_run_report("runs/vgg19-finetune")  # -> PosixPath('runs/vgg19-finetune/report.md')
 """
 
 from __future__ import annotations
@@ -276,9 +276,9 @@ def write_run_report(run_dir: str | Path, split: str | None = None,
     misclassified images) uses `predictions/<weights>-<split>.npz`, by default the best
     weights on the test split (val when there is no test split).
 
-    Example:
-        >>> write_run_report("runs/demo-scratch")
-        PosixPath('runs/demo-scratch/report.md')
+    Example::
+
+        write_run_report("runs/demo-scratch")  # -> PosixPath('runs/demo-scratch/report.md')
     """
     run = open_run(run_dir)
     root = run.path

@@ -7,11 +7,12 @@ classes (matched by WordNet id) are kept and renormalised, which gives top-1 and
 over the dataset's classes. The share of images whose top-1 over all 1000 classes is
 *not* one of the dataset's classes is reported as `outside` (percent).
 
-Example:
-    >>> probs_c, outside = map_imagenet_to_classes(probs_1000, imagenet_index(
-    ...     imagenet_wnids(), ["n02110063", "n02110185"]))  # malamute, siberian husky
-    >>> table = full_original(recipes.dogs.config().override({"backbone": "mobilenetv2",
-    ...                       "weights": "mobilenet_v2_1.0_224.h5", "out": "runs/orig"}))
+Example::
+
+    probs_c, outside = map_imagenet_to_classes(probs_1000, imagenet_index(
+        imagenet_wnids(), ["n02110063", "n02110185"]))  # malamute, siberian husky
+    table = full_original(recipes.dogs.config().override({"backbone": "mobilenetv2",
+                          "weights": "mobilenet_v2_1.0_224.h5", "out": "runs/orig"}))
 """
 
 from __future__ import annotations

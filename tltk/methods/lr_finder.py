@@ -7,11 +7,11 @@ the smoothed loss falls fastest (steepest descent in log-lr); the rate at the mi
 loss divided by 10 is reported as a more cautious alternative. The model's weights and
 its compiled optimizer are restored afterwards, so the test leaves no trace.
 
-Example:
-    >>> result = find_lr(model, train_ds, optimizer="sgd", steps=100)
-    >>> result.suggestion, result.rule
-    (0.0123, 'steepest descent of the smoothed loss')
-    >>> plot_lr_find(result, "runs/x/lr_find.png")
+Example::
+
+    result = find_lr(model, train_ds, optimizer="sgd", steps=100)
+    result.suggestion, result.rule  # -> (0.0123, 'steepest descent of the smoothed loss')
+    plot_lr_find(result, "runs/x/lr_find.png")
 """
 
 from __future__ import annotations
@@ -97,8 +97,9 @@ def find_lr(model: keras.Model, train_ds, start_lr: float = 1e-7, end_lr: float 
     Weights are restored exactly; a compiled model gets its own optimizer object back
     (with its state), an uncompiled one stays compiled with the finder's loss.
 
-    Example:
-        >>> result = find_lr(model, train_ds, start_lr=1e-6, end_lr=1, steps=80)
+    Example::
+
+        result = find_lr(model, train_ds, start_lr=1e-6, end_lr=1, steps=80)
     """
     if isinstance(optimizer, str):
         if optimizer not in FINDER_OPTIMIZERS:
@@ -152,7 +153,9 @@ def suggest(lrs: np.ndarray, smoothed: np.ndarray) -> tuple[float, str, float]:
 
     Example:
         >>> lrs = np.logspace(-5, 0, 50); loss = 1 / (1 + np.exp(4 * (np.log10(lrs) + 2)))
-        >>> suggest(lrs, loss)[:2]   # ~1e-2, where the sigmoid drops fastest
+        >>> rate, rule, alternative = suggest(lrs, loss)
+        >>> round(rate, 4), rule  # ~1e-2, where the sigmoid drops fastest
+        (0.0091, 'steepest descent of the smoothed loss')
     """
     finite = np.isfinite(smoothed)
     lowest = int(np.argmin(np.where(finite, smoothed, np.inf)))
@@ -210,9 +213,10 @@ def lr_find_config(config, stage: str | None = None, steps: int = 100, start_lr:
     whether training images are augmented. Writes `lr_find.csv` and `lr_find.png`
     into `out` when given.
 
-    Example:
-        >>> result = lr_find_config(recipes.folder.config().override(
-        ...     {"data.path": "photos/"}), stage="finetune", out="runs/lr")
+    Example::
+
+        result = lr_find_config(recipes.folder.config().override(
+            {"data.path": "photos/"}), stage="finetune", out="runs/lr")
     """
     from tltk.models.backbones import get_backbone
 

@@ -15,12 +15,13 @@ finished ones and resumes an interrupted one), `sweep_runs.csv` (one row per run
 `sweep.csv` (mean and std over repeats), `sweep.png` (accuracy vs frozen depth, one
 line per size) and `sweep.md` (the table and the heuristic drawn from it).
 
-Example:
-    >>> from tltk.recipes import folder
-    >>> base = folder.config().override({"data.path": "photos/", "weights": "mnv2.h5"})
-    >>> result = sweep(base, per_class=[10, 50], depths=[0, 8, "all"], repeats=2,
-    ...                out="runs/sweep")
-    >>> print(result.heuristic)
+Example::
+
+    from tltk.recipes import folder
+    base = folder.config().override({"data.path": "photos/", "weights": "mnv2.h5"})
+    result = sweep(base, per_class=[10, 50], depths=[0, 8, "all"], repeats=2,
+                   out="runs/sweep")
+    print(result.heuristic)
 """
 
 from __future__ import annotations
@@ -226,8 +227,9 @@ def _same_settings(run: RunDir, config: RunConfig) -> bool:
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean and standard deviation over repeats of each (size, depth), in percent.
 
-    Example:
-        >>> summarise(runs)[["per_class", "depth", "val_mean", "val_std", "repeats"]]
+    Example::
+
+        summarise(runs)[["per_class", "depth", "val_mean", "val_std", "repeats"]]
     """
     metrics = [c for c in runs.columns if c.endswith("_top1")]
     grouped = runs.groupby(["per_class", "depth"], sort=False)

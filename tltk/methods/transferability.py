@@ -51,7 +51,13 @@ def logme(features, labels, max_iter: int = 100, tol: float = 1e-6) -> float:
     gamma the effective number of parameters, all computed in the SVD basis of F.
 
     Example:
-        >>> logme(features, labels)   # about -1 for useless features, higher is better
+        >>> rng = np.random.default_rng(0)
+        >>> labels = np.repeat([0, 1], 50)
+        >>> features = rng.normal(size=(100, 16)); features[:, 0] += 4 * labels
+        >>> round(logme(features, labels), 2), round(logme(features, rng.permutation(labels)), 2)
+        (-0.58, -0.98)
+
+        About -1 for useless features (the second); higher is better.
     """
     features, labels = _check(features, labels)
     u, s, _ = np.linalg.svd(features, full_matrices=False)
@@ -95,7 +101,12 @@ def log_evidence(features, y, alpha: float, beta: float) -> float:
     """Log evidence log p(y | F, alpha, beta) of the Bayesian linear model behind LogME.
 
     Example:
-        >>> log_evidence(features, (labels == 0).astype(float), alpha=1.0, beta=10.0)
+        >>> rng = np.random.default_rng(0)
+        >>> labels = np.repeat([0, 1], 50)
+        >>> features = rng.normal(size=(100, 16)); features[:, 0] += 4 * labels
+        >>> y = (labels == 0).astype(float)
+        >>> round(float(log_evidence(features, y, alpha=1.0, beta=10.0)), 1)
+        -239.1
     """
     features = np.asarray(features, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
@@ -115,7 +126,14 @@ def h_score(features, labels, shrink: bool = True) -> float:
     the original score, with a pseudo-inverse.
 
     Example:
-        >>> h_score(features, labels)  # 0 for features independent of the labels
+        >>> rng = np.random.default_rng(0)
+        >>> labels = np.repeat([0, 1], 50)
+        >>> features = rng.normal(size=(100, 16)); features[:, 0] += 4 * labels
+        >>> shuffled = rng.permutation(labels)
+        >>> round(h_score(features, labels), 2), round(h_score(features, shuffled), 2)
+        (0.79, 0.13)
+
+        It tends to 0 for features independent of the labels (the second).
     """
     features, labels = _check(features, labels)
     centred = features - features.mean(axis=0)
@@ -138,7 +156,10 @@ def ledoit_wolf(centred: np.ndarray) -> tuple[np.ndarray, float]:
     Returns the shrunk covariance and the shrinkage amount a in [0, 1].
 
     Example:
-        >>> covariance, amount = ledoit_wolf(x - x.mean(axis=0))  # invertible when D > N
+        >>> x = np.random.default_rng(0).normal(size=(10, 50))  # D > N: S is singular
+        >>> covariance, amount = ledoit_wolf(x - x.mean(axis=0))
+        >>> int(np.linalg.matrix_rank(covariance)), round(amount, 2)
+        (50, 0.8)
     """
     n, dims = centred.shape
     cov = centred.T @ centred / n
@@ -155,7 +176,11 @@ def leep(source_probs, labels) -> float:
     """LEEP from source-classifier probabilities [N, Z] and target labels [N].
 
     Example:
-        >>> leep(imagenet_softmax_on_target_train, target_labels)  # <= 0; higher is better
+        >>> source_probs = np.array([[.9, .1], [.8, .2], [.1, .9]])  # 3 images, 2 source classes
+        >>> round(leep(source_probs, [0, 0, 1]), 3), round(leep(source_probs, [1, 0, 0]), 3)
+        (-0.245, -0.484)
+
+        Always <= 0; higher is better.
     """
     probs, labels = _check(source_probs, labels)
     classes = labels.max() + 1
@@ -222,8 +247,9 @@ def image_set_distance(images_a, images_b, n_components: int = 50) -> float:
     A dataset-similarity description (Knudsen & Bach-Nielsen 2018); not a predictor of
     transfer-learning gain, which that study found it did not track.
 
-    Example:
-        >>> image_set_distance(flowers_64px, dogs_64px, n_components=50)
+    Example::
+
+        image_set_distance(flowers_64px, dogs_64px, n_components=50)
     """
     flat_a = np.asarray(images_a, dtype=np.float64).reshape(len(images_a), -1) / 255.0
     flat_b = np.asarray(images_b, dtype=np.float64).reshape(len(images_b), -1) / 255.0
@@ -249,8 +275,9 @@ def rank_backbones(config, backbones: list[str], weights: dict[str, str] | None 
     backbone, weights, image_size, features, logme, h_score, extract_s, cached, and
     writes it as `rank.csv` into `out` when given.
 
-    Example:
-        >>> rank_backbones(config, ["mobilenetv2", "vgg16"], {"mobilenetv2": "mnv2.h5"})
+    Example::
+
+        rank_backbones(config, ["mobilenetv2", "vgg16"], {"mobilenetv2": "mnv2.h5"})
     """
     import keras
     import pandas as pd
@@ -321,9 +348,9 @@ def load_image_set(folder, image_size: int, max_images: int | None = 500,
                    seed: int = 0) -> np.ndarray:
     """Up to `max_images` images below `folder` (a seeded sample), as uint8 [N, S, S, 3].
 
-    Example:
-        >>> load_image_set("../shared/data/flowers-128", 64).shape
-        (500, 64, 64, 3)
+    Example::
+
+        load_image_set("../shared/data/flowers-128", 64).shape  # -> (500, 64, 64, 3)
     """
     from PIL import Image
 

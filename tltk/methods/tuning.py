@@ -25,12 +25,13 @@ Distributed search uses keras-tuner's chief/worker mechanism: run the same comma
 `KERASTUNER_ORACLE_IP` / `KERASTUNER_ORACLE_PORT` set to the chief's address and the
 same OUT on a shared file system.
 
-Example:
-    >>> from tltk.recipes import folder
-    >>> cfg = folder.config().override({"data.path": "photos/", "weights": "mnv2.h5"})
-    >>> result = tune(cfg, tuner="bayesian", max_trials=20, out="runs/search")
-    >>> result.trials[["trial", "val_top1", "finetune_blocks"]].head(3)
-    >>> result.best_config.stages[1].lr
+Example::
+
+    from tltk.recipes import folder
+    cfg = folder.config().override({"data.path": "photos/", "weights": "mnv2.h5"})
+    result = tune(cfg, tuner="bayesian", max_trials=20, out="runs/search")
+    result.trials[["trial", "val_top1", "finetune_blocks"]].head(3)
+    result.best_config.stages[1].lr
 """
 
 from __future__ import annotations
@@ -72,7 +73,9 @@ class SearchSpace:
     usual range and whole-network Adam's.
 
     Example:
-        >>> SearchSpace(finetune_blocks=(1, 2), head_units=(128, 256))
+        >>> space = SearchSpace(finetune_blocks=(1, 2), head_units=(128, 256))
+        >>> space.finetune_blocks, space.head_layers  # the rest keeps its defaults
+        ((1, 2), (0, 2))
     """
 
     head_layers: tuple = (0, 2)
@@ -88,10 +91,10 @@ class SearchSpace:
 class TuneResult:
     """What `tune` returns: the search folder, its trials table and the best config.
 
-    Example:
-        >>> result = tune(cfg, max_trials=3, out="runs/s")
-        >>> result.trials.iloc[0]["val_top1"], result.best_config.head.units
-        (0.621, 128)
+    Example::
+
+        result = tune(cfg, max_trials=3, out="runs/s")
+        result.trials.iloc[0]["val_top1"], result.best_config.head.units  # -> (0.621, 128)
     """
 
     out: Path
@@ -109,7 +112,8 @@ def trial_config(base: RunConfig, spec: BackboneSpec, space: SearchSpace, hp) ->
     of a pretrained backbone. The result keeps `base.out`.
 
     Example:
-        >>> hp = keras_tuner.HyperParameters()
+        >>> from tltk.recipes import dogs
+        >>> hp = keras_tuner.HyperParameters()  # no trial yet: every value is its default
         >>> trial_config(dogs.config(), get_backbone("vgg19"), SearchSpace(), hp).head
         HeadConfig(layers=0, units=64, dropout=0.0)
     """
@@ -144,7 +148,9 @@ def scale_epochs(config: RunConfig, budget: int) -> RunConfig:
     """Hyperband's budget: `budget` of the schedule's total epochs, spread over its stages.
 
     Example:
-        >>> [s.epochs for s in scale_epochs(cfg, 7).stages]  # stages of 10 and 4 epochs
+        >>> from tltk.config import StageConfig
+        >>> cfg = RunConfig(stages=[StageConfig("head", epochs=10), StageConfig("ft", epochs=4)])
+        >>> [s.epochs for s in scale_epochs(cfg, 7).stages]
         [5, 2]
     """
     total = sum(s.epochs for s in config.stages)
@@ -160,11 +166,11 @@ class TransferHyperModel(keras_tuner.HyperModel):
     the classifier; `fit(hp, model)` runs the staged schedule on it and returns
     `{"val_top1": best validation top-1}`. Set `trial_id` before `build`.
 
-    Example:
-        >>> hypermodel = TransferHyperModel(cfg, "runs/search")
-        >>> hypermodel.trial_id = "00"
-        >>> hypermodel.fit(hp, hypermodel.build(hp))
-        {'val_top1': 0.83}
+    Example::
+
+        hypermodel = TransferHyperModel(cfg, "runs/search")
+        hypermodel.trial_id = "00"
+        hypermodel.fit(hp, hypermodel.build(hp))  # -> {'val_top1': 0.83}
     """
 
     def __init__(self, base: RunConfig, out: str | Path, space: SearchSpace | None = None,
@@ -277,8 +283,9 @@ def make_tuner(hypermodel: TransferHyperModel, tuner: str = "random", max_trials
     round retrains from scratch with more epochs; it does not warm-start) and at most
     `max_trials` trials run.
 
-    Example:
-        >>> tuner = make_tuner(TransferHyperModel(cfg, "runs/s"), "hyperband", max_trials=30)
+    Example::
+
+        tuner = make_tuner(TransferHyperModel(cfg, "runs/s"), "hyperband", max_trials=30)
     """
     cls = _tuner_class(tuner)
     base = hypermodel.base
@@ -308,8 +315,10 @@ def is_search_chief() -> bool:
     """True in the process that serves the oracle of a distributed search.
 
     Example:
-        >>> os.environ.update(KERASTUNER_TUNER_ID="chief", KERASTUNER_ORACLE_IP="10.0.0.5")
-        >>> is_search_chief(), is_search_worker()
+        >>> from unittest import mock
+        >>> chief = {"KERASTUNER_TUNER_ID": "chief", "KERASTUNER_ORACLE_IP": "10.0.0.5"}
+        >>> with mock.patch.dict(os.environ, chief):
+        ...     is_search_chief(), is_search_worker()
         (True, False)
     """
     return "KERASTUNER_ORACLE_IP" in os.environ and "chief" in os.environ.get(
@@ -320,8 +329,10 @@ def is_search_worker() -> bool:
     """True in a process that runs trials for a distributed search's chief.
 
     Example:
-        >>> os.environ.update(KERASTUNER_TUNER_ID="tuner1", KERASTUNER_ORACLE_IP="10.0.0.5")
-        >>> is_search_worker()
+        >>> from unittest import mock
+        >>> worker = {"KERASTUNER_TUNER_ID": "tuner1", "KERASTUNER_ORACLE_IP": "10.0.0.5"}
+        >>> with mock.patch.dict(os.environ, worker):
+        ...     is_search_worker()
         True
     """
     return "KERASTUNER_ORACLE_IP" in os.environ and not is_search_chief()
@@ -332,8 +343,11 @@ def check_distributed_env() -> None:
     and this process's tuner id).
 
     Example:
-        >>> os.environ["KERASTUNER_ORACLE_IP"] = "10.0.0.5"
-        >>> check_distributed_env()  # TltkError: ... KERASTUNER_ORACLE_PORT not ...
+        >>> from unittest import mock
+        >>> with mock.patch.dict(os.environ, {"KERASTUNER_ORACLE_IP": "10.0.0.5"}, clear=True):
+        ...     check_distributed_env()
+        Traceback (most recent call last):
+        tltk.errors.TltkError: distributed search: KERASTUNER_ORACLE_IP set but ...
     """
     names = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
     given = [n for n in names if os.environ.get(n)]
@@ -352,10 +366,10 @@ def tune(config: RunConfig, tuner: str = "random", max_trials: int = 10,
     rerun); `overwrite=True` starts it afresh. Under `KERASTUNER_*` variables this
     process is the chief (serves the oracle, then writes the results) or a worker.
 
-    Example:
-        >>> result = tune(flowers.config(), tuner="random", max_trials=3, out="runs/s")
-        >>> result.best_config.to_yaml() == Path("runs/s/best_config.yaml").read_text()
-        True
+    Example::
+
+        result = tune(flowers.config(), tuner="random", max_trials=3, out="runs/s")
+        result.best_config.to_yaml() == Path("runs/s/best_config.yaml").read_text()  # -> True
     """
     _tuner_class(tuner)
     check_distributed_env()
@@ -417,9 +431,10 @@ def trials_table(searcher) -> pd.DataFrame:
     """One row per trial, best first: trial, status, val_top1, hyperparameters, tuner,
     seconds and run_dir.
 
-    Example:
-        >>> trials_table(searcher)[["trial", "status", "val_top1"]].iloc[0].tolist()
-        ['1', 'completed', 0.621]
+    Example::
+
+        trials_table(searcher)[["trial", "status", "val_top1"]].iloc[0].tolist()
+        # -> ['1', 'completed', 0.621]
     """
     rows = []
     for trial in searcher.oracle.trials.values():
@@ -447,8 +462,9 @@ def trials_table(searcher) -> pd.DataFrame:
 def write_results(searcher) -> tuple[pd.DataFrame, RunConfig | None]:
     """Write OUT/trials.csv and OUT/best_config.yaml; return the table and best config.
 
-    Example:
-        >>> table, best = write_results(searcher)  # best is None until a trial completes
+    Example::
+
+        table, best = write_results(searcher)  # best is None until a trial completes
     """
     out = searcher.hypermodel.out
     table = trials_table(searcher)

@@ -13,6 +13,7 @@ Example:
     (('block5', 'block4'), 224)
     >>> base = build_backbone(spec, weights="none", image_size=64)
     >>> set_trainable(base, spec, unfreeze=1)  # block5 trainable, BatchNorm frozen
+    ['block5']
 """
 
 from __future__ import annotations

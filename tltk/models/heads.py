@@ -11,6 +11,7 @@ Keeping the head a separate model over pooled features lets a frozen stage train
 on cached features and share the very same layers with the whole classifier.
 
 Example:
+    >>> from tltk.models.backbones import build_backbone, get_backbone
     >>> spec = get_backbone("mobilenetv2")
     >>> base = build_backbone(spec, "none", 96)
     >>> model = build_classifier(base, spec, num_classes=5, head=HeadConfig(layers=2))

@@ -10,6 +10,7 @@ functions of `keras.applications`, whose three conventions are:
 - `none`: the backbone normalises itself (EfficientNet) or there is nothing to undo.
 
 Example:
+    >>> import numpy as np
     >>> layer = Preprocess("tf")
     >>> float(layer(np.full((1, 1, 1, 3), 255.0))[0, 0, 0, 0])
     1.0

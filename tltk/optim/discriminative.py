@@ -8,10 +8,11 @@ but Adam and RMSprop normalise the gradient away, so only scaling the rate works
 all of them. Multipliers are keyed by variable path, which `.keras` saving preserves,
 so saved models reload with their optimizer intact.
 
-Example:
-    >>> groups = block_layers(backbone, spec)          # {block name: layers}, top-down
-    >>> optimizer = make_optimizer(stage, model, lr=1e-3, groups=groups)
-    >>> model.compile(optimizer, loss="sparse_categorical_crossentropy")
+Example::
+
+    groups = block_layers(backbone, spec)          # {block name: layers}, top-down
+    optimizer = make_optimizer(stage, model, lr=1e-3, groups=groups)
+    model.compile(optimizer, loss="sparse_categorical_crossentropy")
 """
 
 from __future__ import annotations
@@ -100,6 +101,9 @@ def block_multipliers(groups: dict[str, list], decay: float | None) -> dict[str,
     """Map each block's variable paths to `decay**i`, i counting blocks from the top.
 
     Example:
+        >>> dense1 = keras.layers.Dense(2, name="dense1")
+        >>> dense2 = keras.layers.Dense(2, name="dense2")
+        >>> dense1.build((None, 3)); dense2.build((None, 2))
         >>> block_multipliers({"top": [dense2], "bottom": [dense1]}, 0.5)
         {'dense2/kernel': 1.0, 'dense2/bias': 1.0, 'dense1/kernel': 0.5, 'dense1/bias': 0.5}
     """
@@ -134,11 +138,11 @@ def make_optimizer(stage: StageConfig, model, lr, groups: dict[str, list] | None
     `lr` is a float or a schedule (see `tltk.optim.schedules.make_lr`); `groups` maps the
     backbone's block names to their layers, top-down.
 
-    Example:
-        >>> stage = StageConfig("ft", epochs=5, optimizer="sgd", lr=0.01, momentum=0.9,
-        ...                     block_lr_decay=0.5, head_lr_mult=10.0)
-        >>> make_optimizer(stage, model, 0.01, groups).lr_multipliers["predictions/kernel"]
-        10.0
+    Example::
+
+        stage = StageConfig("ft", epochs=5, optimizer="sgd", lr=0.01, momentum=0.9,
+                            block_lr_decay=0.5, head_lr_mult=10.0)
+        make_optimizer(stage, model, 0.01, groups).lr_multipliers["predictions/kernel"]  # -> 10.0
     """
     plain, discriminative, takes_momentum = OPTIMIZERS.get(
         stage.optimizer, argument=f"stages.{stage.name}.optimizer")

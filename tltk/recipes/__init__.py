@@ -1,10 +1,11 @@
 """Recipes: importable modules that declare a run's data, head, augmentation and
 stages as data, each exposing `config()` and `run(**overrides)`.
 
-Example:
-    >>> from tltk.recipes import flowers
-    >>> result = flowers.run(backbone="mobilenetv2", data={"path": "photos/"})
-    >>> result.metrics
+Example::
+
+    from tltk.recipes import flowers
+    result = flowers.run(backbone="mobilenetv2", data={"path": "photos/"})
+    result.metrics
 """
 
 from __future__ import annotations

@@ -9,10 +9,11 @@ table.
 Thesis figures it reproduces: Stanford Dogs 38 % top-1; Kaggle flowers about 74 %
 top-1 validation without augmentation and about 79 % with it.
 
-Example:
-    >>> from tltk.recipes import baseline
-    >>> result = baseline.run(data={"dataset": "folder", "path": "photos/"})
-    >>> result.grid  # rows: variant x weights; columns: split x metric
+Example::
+
+    from tltk.recipes import baseline
+    result = baseline.run(data={"dataset": "folder", "path": "photos/"})
+    result.grid  # rows: variant x weights; columns: split x metric
 """
 
 from __future__ import annotations

@@ -7,9 +7,10 @@ cores. It trains the from-scratch baseline CNN (`backbone="scratch"`) in two sta
 complete run directory: configs, history, best and final models, metrics and the report.
 For transfer learning on your own photos, see `recipes.folder`.
 
-Example:
-    >>> from tltk.recipes import demo
-    >>> result = demo.run(epochs_finetune=1)
+Example::
+
+    from tltk.recipes import demo
+    result = demo.run(epochs_finetune=1)
 """
 
 from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig

@@ -11,9 +11,10 @@ ImageNetV2 (matched frequency), which the `dogs` dataset adds when it is prepare
 Thesis figures it reproduces (VGG19, top-1 validation / test / ImageNetV2):
 75.5 % / 74.75 % / 46.08 %; its scratch CNN reached 38 %.
 
-Example:
-    >>> from tltk.recipes import dogs
-    >>> result = dogs.run(backbone="resnet50", data={"path": "~/tensorflow_datasets"})
+Example::
+
+    from tltk.recipes import dogs
+    result = dogs.run(backbone="resnet50", data={"path": "~/tensorflow_datasets"})
 """
 
 from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig

@@ -12,10 +12,11 @@ one or two 256-unit dense layers 88-89 %; VGG19 after fine-tuning 91-92 %.
 The Kaggle flower folder itself (e.g. `../shared/data/flowers-128`) runs through the
 same protocol with `dataset="folder"`:
 
-Example:
-    >>> from tltk.recipes import flowers
-    >>> flowers.run(data={"dataset": "folder", "path": "../shared/data/flowers-128"},
-    ...             backbone="mobilenetv2", weights="mnv2.weights.h5")
+Example::
+
+    from tltk.recipes import flowers
+    flowers.run(data={"dataset": "folder", "path": "../shared/data/flowers-128"},
+                backbone="mobilenetv2", weights="mnv2.weights.h5")
 """
 
 from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig

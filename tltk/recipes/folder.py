@@ -17,10 +17,11 @@ after the bottleneck (unclipped it collapsed to one class); on the whole network
 on the whole network rose steadily: 70.0 % -> 71.5 % validation (72.6 % test) in six
 epochs, still rising.
 
-Example:
-    >>> from tltk.recipes import folder
-    >>> result = folder.run(data={"path": "../shared/data/flowers-128"},
-    ...                     backbone="mobilenetv2", weights="mnv2.weights.h5")
+Example::
+
+    from tltk.recipes import folder
+    result = folder.run(data={"path": "../shared/data/flowers-128"},
+                        backbone="mobilenetv2", weights="mnv2.weights.h5")
 """
 
 from tltk.config import DataConfig, RunConfig, StageConfig
