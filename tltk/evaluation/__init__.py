@@ -1,0 +1,1 @@
+"""Evaluation and reports: metrics, analysis, reports, plots, predict, ensemble and export."""

@@ -1,0 +1,1 @@
+"""Models: backbones (a registry of specs with named blocks), heads and the preprocessing layer."""

@@ -1,0 +1,1 @@
+"""Optimisation: learning-rate schedules and per-block (discriminative) rates."""
