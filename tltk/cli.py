@@ -428,12 +428,12 @@ def sweep(recipe, sizes, depths, repeats, epochs_head, epochs_finetune, epochs_s
     """
     from tltk.methods.sweep import parse_depths, parse_sizes
     from tltk.methods.sweep import sweep as run_sweep
-    from tltk.models.backbones import get_backbone
+    from tltk.models.backbones import config_backbone
 
     config = _config(recipe, config_file, flags, sets, epochs_head=epochs_head,
                      epochs_finetune=epochs_finetune, mixup=mixup)
     result = run_sweep(config, parse_sizes(sizes),
-                       parse_depths(depths, get_backbone(config.backbone)), repeats, out,
+                       parse_depths(depths, config_backbone(config)), repeats, out,
                        scratch=not no_scratch, scratch_epochs=epochs_scratch, say=click.echo)
     click.echo(result.table.to_string(index=False))
     click.echo(result.heuristic)

@@ -46,7 +46,7 @@ from tltk.models.backbones import (
     BackboneSpec,
     build_backbone,
     check_image_size,
-    get_backbone,
+    config_backbone,
     resolve_unfreeze,
 )
 from tltk.models.heads import build_classifier
@@ -105,7 +105,7 @@ def train(config: RunConfig, verbose: bool = True) -> RunResult:
     its last committed epoch instead.
     """
     config.validate()
-    spec = get_backbone(config.backbone)
+    spec = config_backbone(config)
     for stage in config.stages:
         resolve_unfreeze(spec, stage.unfreeze)  # bad block names fail before any work
     strategy = runtime.make_strategy(config.strategy)

@@ -25,7 +25,7 @@ import pandas as pd
 
 from tltk.errors import TltkError
 from tltk.evaluation.metrics import default_k, metrics_rows, predict_split
-from tltk.models.backbones import BackboneSpec, get_backbone, keras_cache_dir
+from tltk.models.backbones import BackboneSpec, config_backbone, keras_cache_dir
 from tltk.models.preprocessing import Preprocess
 from tltk.rundir import RunDir, write_csv, write_npz, write_text
 
@@ -195,7 +195,7 @@ def full_original(config) -> pd.DataFrame:
 
     if not config.out:
         raise TltkError("--out: the baseline needs --out DIR for its metrics")
-    spec = get_backbone(config.backbone)
+    spec = config_backbone(config)
     size = config.data.image_size or spec.default_size
     model = build_imagenet_classifier(spec, config.weights, size)  # fails fast on weights
     dataset = tltk_data.load(config.data, seed=config.seed)

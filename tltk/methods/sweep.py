@@ -38,7 +38,7 @@ from tltk.config import HeadConfig, RunConfig, StageConfig
 from tltk.errors import TltkError
 from tltk.evaluation.reports import read_metrics, to_markdown
 from tltk.methods.unfreezing import require_head_stage
-from tltk.models.backbones import BackboneSpec, get_backbone
+from tltk.models.backbones import BackboneSpec, config_backbone
 from tltk.rundir import RunDir, same_run, write_csv, write_text
 
 ALL = "all"
@@ -158,7 +158,7 @@ def conditions(sizes, depths, repeats: int, scratch: bool) -> list[Condition]:
 def sweep(base: RunConfig, per_class, depths, repeats: int = 1, out: str | Path = "sweep",
           scratch: bool = True, scratch_epochs: int | None = None, say=print) -> SweepResult:
     """Run the grid (finished runs in OUT are reused) and write the tables and the plot."""
-    spec = get_backbone(base.backbone)
+    spec = config_backbone(base)
     require_head_stage(base, spec, "tltk sweep")
     if repeats < 1:
         raise TltkError(f"--repeats must be at least 1 (got {repeats})")

@@ -18,15 +18,17 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
 
 from tltk.errors import TltkError, unknown_name
+from tltk.models.preprocessing import IMAGENET_STD_RGB
 from tltk.registry import Registry
 
 
@@ -54,6 +56,14 @@ class BackboneSpec:
     # A layer belongs to block B when its name matches this (`{block}` -> B) in full.
     block_pattern: str = r"{block}(_.*)?"
     stem_end: str | None = None  # the last layer below the bottom block, when not implied
+    # Blocks that layer names do not carry (a model file's resolution stages): the last
+    # layer of each block, by block name.
+    block_ends: dict | None = None
+    # A model file or keras-hub preset (see tltk.models.modelfile / tltk.models.hub):
+    source: str | None = None  # the file path, or hub:PRESET
+    cut: str | None = None  # the layer whose output is the feature map
+    top_classes: int | None = None  # classes of the source's own classifier, if kept
+    top_builder: Callable[..., keras.Model] | None = None  # (input_shape) -> whole classifier
 
 
 def keras_app(name: str) -> Callable[..., keras.Model]:
@@ -146,9 +156,52 @@ for _spec in [
     BACKBONES.register(_spec.name, _spec)
 
 
-def get_backbone(name: str) -> BackboneSpec:
-    """The spec registered under `name`; a one-line error suggests close names."""
-    return BACKBONES.get(name)
+def get_backbone(name: str, options=None) -> BackboneSpec:
+    """The spec of `name`: a registered name, a model file or `hub:PRESET_OR_DIR`.
+
+    `options` is a `tltk.config.BackboneOptions` (cut, blocks, preprocess). An unknown
+    registered name is a one-line error that suggests close names.
+
+    Example:
+        >>> get_backbone("../shared/weights/efficientnet_lite0_imagenet.keras").blocks[0]
+        'block7a'
+    """
+    from tltk.models import hub, modelfile
+
+    if name.startswith(hub.PREFIX):
+        return hub.hub_spec(name, options)
+    if modelfile.is_model_file(name):
+        return modelfile.file_spec(name, options)
+    spec = BACKBONES.get(name)
+    if options is not None and (options.cut or options.blocks):
+        raise TltkError(f"--cut/--blocks: only for a model-file or hub: backbone; {name} "
+                        "declares its blocks (see `tltk backbones`)")
+    if options is not None and options.preprocess:
+        spec = replace(spec, preprocess=options.preprocess)
+    return spec
+
+
+def config_backbone(config) -> BackboneSpec:
+    """The spec a `RunConfig` trains: its backbone read with its backbone options."""
+    return get_backbone(config.backbone, config.backbone_options)
+
+
+def canonical_backbone(name: str) -> str:
+    """`name` with a model file or local preset directory made absolute (for config.yaml)."""
+    from tltk.models import hub, modelfile
+
+    if name.startswith(hub.PREFIX):
+        return hub.canonical(name)
+    if modelfile.is_model_file(name) and Path(name).expanduser().is_file():
+        return str(Path(name).expanduser().resolve())
+    return name
+
+
+def weights_label(spec: BackboneSpec, weights: str) -> str:
+    """How a run's log names its weights, e.g. 'imagenet' or 'the file's own'."""
+    if spec.source and weights != "none":
+        return "the file's own" if not spec.source.startswith("hub:") else "the preset's own"
+    return weights
 
 
 def check_image_size(spec: BackboneSpec, image_size: int) -> None:
@@ -167,9 +220,19 @@ def build_backbone(spec: BackboneSpec, weights: str, image_size: int) -> keras.M
     shape = (image_size, image_size, 3)
     if weights == "none" or not spec.pretrained:
         return spec.builder(shape, None)
+    if spec.source:
+        return _build_source(spec, shape, weights)
     if weights == "imagenet":
         return _build_imagenet(spec, shape)
     return _build_from_file(spec, shape, Path(weights).expanduser())
+
+
+def _build_source(spec: BackboneSpec, shape, weights: str) -> keras.Model:
+    """A model file or preset carries its weights: 'imagenet' (the default) means them."""
+    if weights != "imagenet":
+        raise TltkError(f"--weights: {spec.source} carries its own weights; leave --weights "
+                        "out (or give 'none' for random weights)")
+    return spec.builder(shape, "source")
 
 
 def _build_imagenet(spec: BackboneSpec, shape) -> keras.Model:
@@ -195,7 +258,7 @@ def _build_from_file(spec: BackboneSpec, shape, path: Path) -> keras.Model:
     if not path.is_file():
         raise TltkError(f"--weights: file not found: {path}; give a weights file for "
                         f"{spec.name}, 'imagenet' or 'none'")
-    model = spec.builder(shape, None)
+    model = imagenet_graph(spec, spec.builder(shape, None))
     try:
         model.load_weights(str(path))
     except Exception as exc:  # noqa: BLE001 - shape/format mismatches all mean the same fix
@@ -203,6 +266,28 @@ def _build_from_file(spec: BackboneSpec, shape, path: Path) -> keras.Model:
         raise TltkError(f"--weights: {path} does not fit backbone {spec.name} without top "
                         f"({first}); check --backbone and the file") from None
     return model
+
+
+def imagenet_graph(spec: BackboneSpec, model: keras.Model) -> keras.Model:
+    """`model` as keras.applications builds it for `weights="imagenet"`.
+
+    EfficientNet B0-B7 add a `Rescaling(1 / sqrt(std))` after their Normalization only
+    for ImageNet weights (their original code divided by the variance); a local copy of
+    those weights needs it too, or inputs end up about 2x off their trained scale.
+    """
+    if not re.fullmatch(r"EfficientNetB\d", spec.app or ""):
+        return model
+    from tltk.models.modelfile import rebuild
+
+    norm = next(layer for layer in model.layers
+                if isinstance(layer, keras.layers.Normalization))
+    scale = [1.0 / math.sqrt(std) for std in IMAGENET_STD_RGB]
+
+    def after_norm(layer, *args, **kwargs):
+        out = layer(*args, **kwargs)
+        return keras.layers.Rescaling(scale)(out) if layer is norm else out
+
+    return rebuild(model, model.input_shape[1:], call=after_norm)
 
 
 def weights_checksum(model: keras.Model) -> str:
@@ -220,6 +305,8 @@ def block_layers(model: keras.Model, spec: BackboneSpec) -> dict[str, list]:
     ends = {}
     for block in spec.blocks:
         idx = [i for i, layer in enumerate(layers) if _in_block(layer.name, block, spec)]
+        if spec.block_ends and block in spec.block_ends:
+            idx = [i for i, layer in enumerate(layers) if layer.name == spec.block_ends[block]]
         if not idx:
             raise ValueError(f"{spec.name}: block '{block}' matches no layer")
         ends[block] = max(idx)
@@ -237,7 +324,12 @@ def _in_block(name: str, block: str, spec: BackboneSpec) -> bool:
 
 
 def _first_block_start(layers, block: str, spec: BackboneSpec) -> int:
-    """The bottom block starts at its first named layer; the stem below stays frozen."""
+    """The bottom block starts at its first named layer; the stem below stays frozen.
+
+    Resolution stages (`block_ends`) cover everything above the input.
+    """
+    if spec.block_ends:
+        return 1
     if spec.stem_end:
         return [layer.name for layer in layers].index(spec.stem_end) + 1
     return min(i for i, layer in enumerate(layers) if _in_block(layer.name, block, spec))
