@@ -134,8 +134,11 @@ def build_imagenet_classifier(spec: BackboneSpec, weights: str, image_size: int)
     """Raw RGB 0..255 -> Preprocess -> the backbone's own 1000-class ImageNet classifier.
 
     `weights`: `imagenet` (Keras' cache, else a download), a local include-top weights
-    file, or `none` (random weights: for testing the pipeline only).
+    file, or `none` (random weights: for testing the pipeline only). A model file with
+    its 1000-class top is its own classifier.
     """
+    if spec.source:
+        return _source_classifier(spec, image_size)
     application = _application(spec)
     shape = (image_size, image_size, 3)
     if weights == "imagenet":
@@ -147,6 +150,16 @@ def build_imagenet_classifier(spec: BackboneSpec, weights: str, image_size: int)
     inputs = keras.Input(shape, name="image")
     x = Preprocess(spec.preprocess, name="preprocess")(inputs)
     return keras.Model(inputs, classifier(x), name=f"{spec.name}_imagenet")
+
+
+def _source_classifier(spec: BackboneSpec, image_size: int):
+    from tltk.models.heads import source_classifier
+
+    if spec.top_classes != IMAGENET_CLASSES:
+        has = f"a {spec.top_classes}-class top" if spec.top_classes else "no classifier top"
+        raise TltkError(f"--backbone: {spec.source} has {has}; the full-original baseline "
+                        "needs a model with its 1000-class ImageNet classifier")
+    return source_classifier(spec, image_size)
 
 
 def _application(spec: BackboneSpec):

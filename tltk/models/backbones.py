@@ -197,6 +197,11 @@ def canonical_backbone(name: str) -> str:
     return name
 
 
+def cache_name(spec: BackboneSpec) -> str:
+    """The backbone's part of a feature-cache key: a model file's path and cut too."""
+    return f"{spec.name}:{spec.source}@{spec.cut}" if spec.source else spec.name
+
+
 def weights_label(spec: BackboneSpec, weights: str) -> str:
     """How a run's log names its weights, e.g. 'imagenet' or 'the file's own'."""
     if spec.source and weights != "none":
@@ -279,15 +284,15 @@ def imagenet_graph(spec: BackboneSpec, model: keras.Model) -> keras.Model:
         return model
     from tltk.models.modelfile import rebuild
 
-    norm = next(layer for layer in model.layers
+    norm = next(layer.name for layer in model.layers
                 if isinstance(layer, keras.layers.Normalization))
     scale = [1.0 / math.sqrt(std) for std in IMAGENET_STD_RGB]
 
     def after_norm(layer, *args, **kwargs):
         out = layer(*args, **kwargs)
-        return keras.layers.Rescaling(scale)(out) if layer is norm else out
+        return keras.layers.Rescaling(scale)(out) if layer.name == norm else out
 
-    return rebuild(model, model.input_shape[1:], call=after_norm)
+    return rebuild(model, model.input_shape[1:], copy_weights=False, call=after_norm)
 
 
 def weights_checksum(model: keras.Model) -> str:
@@ -381,9 +386,34 @@ def set_trainable(model: keras.Model, spec: BackboneSpec, unfreeze) -> list[str]
 
 def backbone_table() -> str:
     """A text table of registered backbones for `tltk backbones`."""
-    rows = [f"{'name':<15}{'size':>5}{'min':>5}  {'preprocess':<11}{'blocks (top down)'}"]
+    rows = [f"{'name':<15}{'size':>5}{'min':>5}  {'preprocess':<11}{'params':>11}  "
+            f"{'blocks (top down)':<46}description"]
     for spec in BACKBONES.values():
-        blocks = ", ".join(spec.blocks[:3]) + f", ... ({len(spec.blocks)} blocks)"
+        blocks = ", ".join(spec.blocks[:2]) + f", ... ({len(spec.blocks)} blocks)"
+        params = f"{spec.params:,}" if spec.params is not None else "-"
         rows.append(f"{spec.name:<15}{spec.default_size:>5}{spec.min_size:>5}  "
-                    f"{spec.preprocess:<11}{blocks}")
+                    f"{spec.preprocess:<11}{params:>11}  {blocks:<46}{spec.description}")
     return "\n".join(rows)
+
+
+def describe_backbone(spec: BackboneSpec) -> str:
+    """What tltk read from a backbone, for `tltk backbones NAME_OR_FILE`.
+
+    Example:
+        >>> print(describe_backbone(get_backbone("lite0.keras")))  # doctest: +SKIP
+        backbone     efficientnet_lite0_imagenet (model file ...)
+    """
+    size = f"{spec.default_size} px default, {spec.min_size} px minimum"
+    if spec.block_ends:
+        how = "resolution stages, ending at " + ", ".join(
+            f"{b}={spec.block_ends[b]}" for b in spec.blocks)
+    else:
+        how = f"{len(spec.blocks)} blocks: {', '.join(spec.blocks)}"
+    top = (f"{spec.top_classes}-class classifier kept (for LEEP and full-original)"
+           if spec.top_classes else "none")
+    lines = [("backbone", f"{spec.name} ({spec.description})"),
+             ("feature map", f"output of layer '{spec.cut}'" if spec.cut else "its output"),
+             ("blocks", f"{how} (top down)"),
+             ("parameters", f"{spec.params:,}" if spec.params is not None else "-"),
+             ("input size", size), ("preprocess", spec.preprocess), ("top", top)]
+    return "\n".join(f"{key:<13}{value}" for key, value in lines)

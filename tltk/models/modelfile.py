@@ -111,7 +111,10 @@ def model_spec(model: keras.Model, name: str, options: tuple, source: str,
     layout = infer_blocks(base) if not block_names else given_blocks(base, block_names, source)
     top = _top_classes(model, cut)
     size = model.input_shape[1] or DEFAULT_SIZE
-    mode = preprocess_option or preprocess or detect_preprocess(model, source)
+    mode = preprocess_option or preprocess
+    if mode is None:
+        mode = detect_preprocess(model, source)
+        description += f"; its first layer '{model.layers[1].name}' normalises the input"
     if preprocess_option:
         prefix = None  # the user's choice replaces the source's own rescaling
     return BackboneSpec(
@@ -199,8 +202,8 @@ def _scheme_blocks(names: list[str], regex: str) -> tuple[list[str], int]:
 
 def resolution_stages(base: keras.Model) -> dict:
     """One block per run of layers with the same spatial size: stage1 (bottom) upwards."""
-    # Layers shared with another graph report that graph's shapes: probe with new ones.
-    probe = rebuild(base, (DEFAULT_SIZE, DEFAULT_SIZE, 3), fresh=True)
+    # Layers called in another graph report that graph's shapes: probe with new ones.
+    probe = rebuild(base, (DEFAULT_SIZE, DEFAULT_SIZE, 3), copy_weights=False)
     runs = []  # [spatial size, last layer of the run], bottom-up
     for layer in probe.layers[1:]:
         shape = layer.output.shape
@@ -233,12 +236,14 @@ def given_blocks(base: keras.Model, names: tuple[str, ...], source: str) -> dict
 # --- building -----------------------------------------------------------------------
 
 def rebuild(model: keras.Model, input_shape, prefix: Callable | None = None,
-            fresh: bool = False, name: str | None = None,
+            copy_weights: bool = True, name: str | None = None,
             call: Callable | None = None) -> keras.Model:
-    """`model`'s graph on a new `input_shape` input, sharing its layers (new ones: `fresh`).
+    """`model`'s graph on a new `input_shape` input, with new layers (and its weights).
 
-    `prefix()` makes a layer applied to the raw input first (a preset's rescaling);
-    `call(layer, *args, **kwargs)` replaces each layer call (to add layers after one).
+    New layers, not shared ones: a shared layer's `.output` is its first graph's, and
+    tltk cuts models at layer outputs. `prefix()` makes a layer applied to the raw input
+    first (a preset's rescaling); `call(layer, *args, **kwargs)` replaces each layer
+    call (to add a layer after one). `copy_weights=False` keeps fresh random weights.
 
     Example:
         >>> rebuild(base, (160, 160, 3)).input_shape
@@ -255,10 +260,13 @@ def rebuild(model: keras.Model, input_shape, prefix: Callable | None = None,
             args = (state["x"], *args[1:])
         return call(layer, *args, **kwargs)
 
-    clone = None if fresh else (lambda layer: layer)
-    out = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone,
-                                   call_function=call_with_prefix)
-    return keras.Model(out.input, out.output, name=name or model.name)
+    out = keras.models.clone_model(model, input_tensors=inputs, call_function=call_with_prefix)
+    new = keras.Model(out.input, out.output, name=name or model.name)
+    if copy_weights:
+        for layer in model.layers:
+            if layer.weights:
+                new.get_layer(layer.name).set_weights(layer.get_weights())
+    return new
 
 
 def _build_base(loader, cut: str, prefix, input_shape, weights) -> keras.Model:
@@ -268,7 +276,8 @@ def _build_base(loader, cut: str, prefix, input_shape, weights) -> keras.Model:
     """
     model = loader()
     base = keras.Model(model.input, model.get_layer(cut).output, name=model.name)
-    return rebuild(base, input_shape, prefix, fresh=weights is None, name=safe_name(model.name))
+    return rebuild(base, input_shape, prefix, copy_weights=weights is not None,
+                   name=safe_name(model.name))
 
 
 def _build_full(loader, prefix, input_shape) -> keras.Model:
