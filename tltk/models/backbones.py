@@ -150,7 +150,7 @@ for _spec in [
                  imagenet_file="efficientnetb0_notop.h5"),
     BackboneSpec(name="scratch", description="the thesis's from-scratch 5-conv baseline CNN",
                  builder=build_scratch, preprocess="tf", default_size=128, min_size=32,
-                 blocks=tuple(f"conv{i}" for i in range(5, 0, -1)), params=1_569_472,
+                 blocks=tuple(f"conv{i}" for i in range(5, 0, -1)), params=978_496,
                  pooling="flatten", pretrained=False),
 ]:
     BACKBONES.register(_spec.name, _spec)
