@@ -16,7 +16,7 @@ paths: a relative directory named like a built-in preset would go to Kaggle.
 Example:
     >>> spec = hub_spec("hub:/presets/tiny_resnet")
     >>> spec.blocks, spec.preprocess
-    (('stack1_block1', 'stack0_block1'), 'none')
+    (('stack1_block0', 'stack0_block0'), 'none')
 """
 
 from __future__ import annotations
