@@ -358,7 +358,8 @@ def rank(recipe, names, weight_args, out, **flags):
     table = rank_backbones(config, backbones, weights, out, say=click.echo)
     formats = {"logme": "{:.4f}".format, "h_score": "{:.3f}".format, "leep": "{:.4f}".format,
                "extract_s": "{:.1f}".format}
-    click.echo(table.to_string(index=False, formatters=formats))
+    # LEEP is blank ("-") for a backbone without its own classifier.
+    click.echo(table.to_string(index=False, formatters=formats, na_rep="-"))
 
 
 @main.command()

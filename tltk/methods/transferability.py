@@ -258,7 +258,7 @@ def rank_backbones(config, backbones: list[str], weights: dict[str, str] | None 
     import pandas as pd
 
     from tltk import data as tltk_data
-    from tltk.models.backbones import get_backbone
+    from tltk.models.backbones import get_backbone, weights_label
     from tltk.rundir import write_csv
 
     weights = weights or {}
@@ -278,7 +278,7 @@ def rank_backbones(config, backbones: list[str], weights: dict[str, str] | None 
         chosen = weights.get(name, default) if spec.pretrained else "none"
         keras.utils.set_random_seed(config.seed)  # the same random weights for 'none'
         feats, seconds, cached = _pooled_features(config, spec, chosen, train)
-        row = {"backbone": spec.name, "weights": chosen,
+        row = {"backbone": spec.name, "weights": weights_label(spec, chosen),
                "image_size": config.data.image_size or spec.default_size,
                "features": feats.shape[1],
                **{score_name: score(feats, train.labels) for score_name, score in SCORES.items()},
