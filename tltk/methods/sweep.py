@@ -34,7 +34,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from tltk.config import HeadConfig, RunConfig, StageConfig
+from tltk.config import BackboneOptions, HeadConfig, RunConfig, StageConfig
 from tltk.errors import TltkError
 from tltk.evaluation.reports import read_metrics, to_markdown
 from tltk.methods.unfreezing import require_head_stage
@@ -141,8 +141,9 @@ def condition_config(base: RunConfig, spec: BackboneSpec, cond: Condition, out: 
                      out=str(out / "runs" / cond.name))
     if cond.depth == SCRATCH:
         stage = replace(SCRATCH_STAGE, epochs=scratch_epochs)
+        # A model file's cut/blocks/preprocess options are not the scratch CNN's.
         return replace(config, backbone="scratch", weights="none", head=HeadConfig(layers=0),
-                       stages=[stage])
+                       backbone_options=BackboneOptions(), stages=[stage])
     unfreeze = unfreeze_for(cond.depth, spec)
     stages = [base.stages[0], *(replace(s, unfreeze=unfreeze) for s in base.stages[1:])]
     return replace(config, stages=stages)
