@@ -123,6 +123,7 @@ def test_imagenet_weights_offline_fail_in_one_line():
     assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
 
 
+@pytest.mark.slow
 def test_efficientnet_local_weights_build_the_network_imagenet_builds(tmp_path, monkeypatch):
     from keras.src.utils import file_utils
 
