@@ -298,8 +298,9 @@ def rank_backbones(config, backbones: list[str], weights: dict[str, str] | None 
 def _options_for(config, name: str):
     """The config's backbone options for a model-file or hub backbone; none for names."""
     from tltk.models import hub, modelfile
+    from tltk.models.backbones import BACKBONES
 
-    if name.startswith(hub.PREFIX) or modelfile.is_model_file(name):
+    if name not in BACKBONES and (name.startswith(hub.PREFIX) or modelfile.is_model_file(name)):
         return config.backbone_options
     return None
 

@@ -168,9 +168,9 @@ def get_backbone(name: str, options=None) -> BackboneSpec:
     """
     from tltk.models import hub, modelfile
 
-    if name.startswith(hub.PREFIX):
+    if name not in BACKBONES and name.startswith(hub.PREFIX):
         return hub.hub_spec(name, options)
-    if modelfile.is_model_file(name):
+    if name not in BACKBONES and modelfile.is_model_file(name):
         return modelfile.file_spec(name, options)
     spec = BACKBONES.get(name)
     if options is not None and (options.cut or options.blocks):

@@ -116,9 +116,9 @@ def _rescaling(rescale: dict):
 
 def hub_spec(name: str, options=None):
     """The `BackboneSpec` of `hub:PRESET_OR_DIR` (cached per preset and options)."""
-    from tltk.models.modelfile import _options_key
+    from tltk.models.modelfile import options_key
 
-    return _hub_spec(canonical(name), _options_key(options))
+    return _hub_spec(canonical(name), options_key(options))
 
 
 @functools.lru_cache(maxsize=8)

@@ -77,10 +77,10 @@ def file_spec(name: str, options=None):
     if not path.is_file():
         load_file(path)  # raises the one-line error
     stat = path.stat()
-    return _file_spec(str(path), stat.st_mtime_ns, stat.st_size, _options_key(options))
+    return _file_spec(str(path), stat.st_mtime_ns, stat.st_size, options_key(options))
 
 
-def _options_key(options) -> tuple:
+def options_key(options) -> tuple:
     if options is None:
         return (None, None, None)
     blocks = tuple(options.blocks) if options.blocks else None
