@@ -95,7 +95,10 @@ def _overrides(**flags) -> dict:
             "batch_size": "batch_size", "seed": "seed",
             "out": "out", "precision": "precision", "per_class": "data.per_class",
             "class_weight": "data.class_weight", "resize": "data.resize",
-            "strategy": "strategy", "cache_dir": "cache_dir"}
+            "strategy": "strategy", "cache_dir": "cache_dir", "cut": "backbone_options.cut",
+            "blocks": "backbone_options.blocks", "preprocess": "backbone_options.preprocess"}
+    if flags.get("blocks") is not None:
+        flags = {**flags, "blocks": [b.strip() for b in flags["blocks"].split(",") if b.strip()]}
     out = {keys[k]: v for k, v in flags.items() if k in keys and v is not None}
     if flags.get("jit"):
         out["jit"] = True
@@ -114,9 +117,18 @@ def _options(*options):
 
 
 # Option groups shared by the commands (each declared once).
+source_options = _options(
+    click.option("--cut", help="Model-file/hub backbone: the layer whose output is the "
+                 "feature map (default: the last 4-D one)."),
+    click.option("--blocks", help="Model-file/hub backbone: block names (layer-name "
+                 "prefixes), overriding the inferred ones, e.g. block7a,block6d."),
+    click.option("--preprocess", type=click.Choice(["caffe", "torch", "tf", "none"]),
+                 help="Input normalisation, for a model without its own rescaling."))
 model_options = _options(
-    click.option("--backbone", help="Backbone name (see `tltk backbones`)."),
-    click.option("--weights", help="imagenet | none | path to a weights file."))
+    click.option("--backbone", help="Backbone name (see `tltk backbones`), a .keras/.h5 "
+                 "model file, or hub:PRESET_OR_DIR."),
+    click.option("--weights", help="imagenet | none | path to a weights file."),
+    source_options)
 data_options = _options(
     click.option("--data", help="Image folder (folder recipe), or a tfds data_dir."),
     click.option("--image-size", type=int, help="Input size in pixels (default: backbone's)."))
@@ -291,8 +303,11 @@ def export_command(run_dir, fmt, out, weights):
 
 full_original_options = _options(
     click.argument("recipe"),
-    click.option("--backbone", required=True, help="Backbone whose ImageNet classifier to use."),
+    click.option("--backbone", required=True, help="Backbone whose ImageNet classifier to use "
+                 "(a name, or a model file with its 1000-class top)."),
     click.option("--weights", help="Include-top weights file (default: imagenet, Keras' cache)."),
+    click.option("--preprocess", type=click.Choice(["caffe", "torch", "tf", "none"]),
+                 help="Input normalisation, for a model file without its own rescaling."),
     click.option("--data", help="Image folder with WordNet-id class folders, or a tfds "
                  "data_dir."),
     click.option("--data-dir", help="tfds data_dir holding prepared tfds datasets."),
@@ -348,16 +363,19 @@ def lr_find(recipe, config_file, stage, steps, start_lr, end_lr, out, sets, **fl
 
 @main.command()
 @click.argument("recipe")
-@click.option("--backbones", "names", required=True, help="Comma-separated backbone names.")
+@click.option("--backbones", "names", required=True,
+              help="Comma-separated backbone names, model files or hub:PRESET_OR_DIR.")
 @click.option("--weights", "weight_args", multiple=True, metavar="NAME=PATH",
               help="Weights for one backbone (repeatable); others use the recipe's.")
 @data_options
 @per_class_option
 @run_options
+@source_options
 @click.option("--cache-dir", help="Feature cache folder (default ~/.cache/tltk/features).")
 @click.option("--out", type=click.Path(), help="Folder for rank.csv.")
 def rank(recipe, names, weight_args, out, **flags):
-    """Rank backbones for RECIPE's data by LogME (and H-score) of their pooled features."""
+    """Rank backbones for RECIPE's data by LogME and H-score of their pooled features
+    (and LEEP, for a model file with its own classifier)."""
     from tltk.methods.transferability import rank_backbones
 
     config = _config(recipe, None, flags)
@@ -369,8 +387,10 @@ def rank(recipe, names, weight_args, out, **flags):
         weights[name] = path
     backbones = [n.strip() for n in names.split(",") if n.strip()]
     table = rank_backbones(config, backbones, weights, out, say=click.echo)
-    formats = {"logme": "{:.4f}".format, "h_score": "{:.3f}".format, "extract_s": "{:.1f}".format}
-    click.echo(table.to_string(index=False, formatters=formats))
+    formats = {"logme": "{:.4f}".format, "h_score": "{:.3f}".format, "leep": "{:.4f}".format,
+               "extract_s": "{:.1f}".format}
+    # LEEP is blank ("-") for a backbone without its own classifier.
+    click.echo(table.to_string(index=False, formatters=formats, na_rep="-"))
 
 
 @main.command()
@@ -459,12 +479,12 @@ def sweep(recipe, sizes, depths, repeats, epochs_head, epochs_finetune, epochs_s
     """
     from tltk.methods.sweep import parse_depths, parse_sizes
     from tltk.methods.sweep import sweep as run_sweep
-    from tltk.models.backbones import get_backbone
+    from tltk.models.backbones import config_backbone
 
     config = _config(recipe, config_file, flags, sets, epochs_head=epochs_head,
                      epochs_finetune=epochs_finetune, mixup=mixup)
     result = run_sweep(config, parse_sizes(sizes),
-                       parse_depths(depths, get_backbone(config.backbone)), repeats, out,
+                       parse_depths(depths, config_backbone(config)), repeats, out,
                        scratch=not no_scratch, scratch_epochs=epochs_scratch, say=click.echo)
     click.echo(result.table.to_string(index=False))
     click.echo(result.heuristic)
@@ -472,11 +492,23 @@ def sweep(recipe, sizes, depths, repeats, epochs_head, epochs_finetune, epochs_s
 
 
 @main.command()
-def backbones():
-    """List registered backbones with input sizes and unfreezable blocks."""
-    from tltk.models.backbones import backbone_table
+@click.argument("backbone", required=False)
+@source_options
+def backbones(backbone, **options):
+    """List registered backbones, or show what tltk reads from BACKBONE (a model file or
+    hub:PRESET_OR_DIR): blocks, parameters, input size and preprocessing."""
+    from tltk.config import BackboneOptions
+    from tltk.models.backbones import backbone_table, describe_backbone, get_backbone
 
-    click.echo(backbone_table())
+    if backbone is None:
+        if any(v is not None for v in options.values()):
+            raise TltkError("--cut/--blocks/--preprocess: give the BACKBONE they apply to")
+        click.echo(backbone_table())
+        return
+    blocks = options["blocks"]
+    opts = BackboneOptions(cut=options["cut"], preprocess=options["preprocess"],
+                           blocks=[b.strip() for b in blocks.split(",")] if blocks else None)
+    click.echo(describe_backbone(get_backbone(backbone, opts)))
 
 
 @main.command()

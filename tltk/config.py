@@ -52,6 +52,20 @@ class DataConfig:
 
 
 @dataclass
+class BackboneOptions:
+    """How to read a model-file or `hub:` backbone (see `tltk.models.modelfile`).
+
+    `cut`: the layer whose output is the feature map (None: the last 4-D one);
+    `blocks`: block names, overriding the inferred ones; `preprocess`: caffe | torch |
+    tf | none, for a model that does not begin with its own rescaling (any backbone).
+    """
+
+    cut: str | None = None
+    blocks: list | None = None
+    preprocess: str | None = None
+
+
+@dataclass
 class HeadConfig:
     """The head grafted onto the backbone (see `tltk.models.heads`)."""
 
@@ -161,6 +175,7 @@ class RunConfig:
     recipe: str = "custom"
     backbone: str = "mobilenetv2"
     weights: str = "imagenet"  # imagenet | none | path to a weights file
+    backbone_options: BackboneOptions = field(default_factory=BackboneOptions)
     data: DataConfig = field(default_factory=DataConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)

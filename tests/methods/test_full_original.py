@@ -161,3 +161,30 @@ def test_cli_baseline_on_wordnet_folders(tmp_path):
                                        "--data", str(root), "--out", str(tmp_path / "x"),
                                        "--image-size", "32"])
     assert result.exit_code == 2 and "--image-size" in result.output
+
+
+def test_full_original_takes_a_model_file_with_its_imagenet_top(tmp_path):
+    from tests.models.test_modelfile import tiny_classifier
+
+    rng = np.random.default_rng(1)
+    root = tmp_path / "Images"
+    for name in (f"{MALAMUTE}-malamute", f"{HUSKY}-Siberian_husky"):
+        (root / name).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+                root / name / f"{i}.jpg")
+    model_file = tmp_path / "clf1000.keras"
+    tiny_classifier(classes=1000).save(model_file)
+    out = tmp_path / "orig"
+    result = CliRunner().invoke(main, ["full-original", "folder", "--backbone", str(model_file),
+                                       "--data", str(root), "--image-size", "32",
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert set(metrics["weights"]) == {"original"} and metrics["outside"].between(0, 100).all()
+    small_top = tmp_path / "clf10.keras"
+    tiny_classifier(classes=10).save(small_top)
+    result = CliRunner().invoke(main, ["full-original", "folder", "--backbone", str(small_top),
+                                       "--data", str(root), "--image-size", "32",
+                                       "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "has a 10-class top" in result.output

@@ -188,3 +188,23 @@ def test_rank_command_on_flowers_with_pretrained_and_random_features(tmp_path):
     assert again.exit_code == 0 and again.output.count("cached") >= 2
     bad = CliRunner().invoke(main, args[:6] + ["--weights", "vgg16=x.h5"])
     assert bad.exit_code == 2 and "not among --backbones" in bad.output
+
+
+def test_rank_scores_leep_for_a_model_file_with_its_own_classifier(tmp_path, tiny_backbone):
+    from tests.models.test_modelfile import tiny_classifier
+    from tltk.config import DataConfig, RunConfig
+    from tltk.methods.transferability import rank_backbones
+
+    model_file = tmp_path / "clf.keras"
+    tiny_classifier(classes=7).save(model_file)
+    config = RunConfig(backbone="tiny", weights="none", cache_dir=str(tmp_path / "cache"),
+                       data=DataConfig(dataset="demo", image_size=32, per_class=6))
+    lines = []
+    table = rank_backbones(config, [str(model_file), "tiny"], out=tmp_path, say=lines.append)
+    rows = table.set_index("backbone")
+    assert rows.loc["clf", "weights"] == "the file's own"
+    assert np.isfinite(rows.loc["clf", "leep"]) and rows.loc["clf", "leep"] <= 0
+    assert np.isnan(rows.loc["tiny", "leep"])  # no source classifier, no LEEP
+    assert any("clf: LogME" in line and "LEEP" in line for line in lines)
+    assert not any("tiny: LogME" in line and "LEEP" in line for line in lines)
+    assert "leep" in pd.read_csv(tmp_path / "rank.csv").columns

@@ -35,6 +35,8 @@ def test_every_backbone_builds_and_declares_real_blocks(name):
     assert len(owned) == len(set(owned)), "blocks do not overlap"
     # The top block holds the model's output layer.
     assert groups[spec.blocks[0]][-1] is base.layers[-1]
+    # `tltk backbones` prints the declared parameter count: it must be the built one's.
+    assert base.count_params() == spec.params
 
 
 @pytest.mark.parametrize("name", ["vgg19", "resnet50", "inceptionv3", "mobilenetv2"])
@@ -121,3 +123,26 @@ def test_imagenet_weights_offline_fail_in_one_line():
     message = str(info.value)
     assert "\n" not in message and "--weights PATH" in message
     assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
+
+
+@pytest.mark.slow
+def test_efficientnet_local_weights_build_the_network_imagenet_builds(tmp_path, monkeypatch):
+    from keras.src.utils import file_utils
+
+    spec = get_backbone("efficientnetb0")
+    path = tmp_path / "efficientnetb0_notop.weights.h5"
+    build_backbone(spec, "none", 32).save_weights(path)
+    # Keras's own weights="imagenet" code path, with the download served from `path`.
+    monkeypatch.setattr(file_utils, "get_file", lambda *args, **kwargs: str(path))
+    reference = spec.builder((32, 32, 3), "imagenet")
+    local = build_backbone(spec, str(path), 32)
+
+    def stack(model):  # layer classes and configs; auto-generated names differ
+        return [(type(layer).__name__, {k: v for k, v in layer.get_config().items()
+                                        if k != "name"}) for layer in model.layers]
+
+    assert stack(local) == stack(reference)
+    assert sum(isinstance(layer, keras.layers.Rescaling) for layer in local.layers) == 2
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(local.predict(x, verbose=0), reference.predict(x, verbose=0),
+                               atol=1e-5)

@@ -19,7 +19,7 @@ feature cache) and `runtime` (precision, determinism, distribution strategy).
 Example::
 
     from tltk import engine
-    ctx = engine.prepare(config, get_backbone(config.backbone))
+    ctx = engine.prepare(config, config_backbone(config))
     for stage in ctx.config.stages:
         engine.run_stage(ctx, stage)
     result = engine.finish(ctx)

@@ -45,9 +45,11 @@ from tltk.log import log
 from tltk.models.backbones import (
     BackboneSpec,
     build_backbone,
+    canonical_backbone,
     check_image_size,
-    get_backbone,
+    config_backbone,
     resolve_unfreeze,
+    weights_label,
 )
 from tltk.models.heads import build_classifier
 from tltk.rundir import RunDir, save_model, write_csv
@@ -94,7 +96,8 @@ def resolve(config: RunConfig, spec: BackboneSpec, dataset: Dataset) -> RunConfi
     """Fill in what the config left open: image size, top-k and the run directory."""
     size = config.data.image_size or spec.default_size
     out = config.out or f"runs/{config.recipe}-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return replace(config, data=replace(config.data, image_size=size), out=out,
+    return replace(config, backbone=canonical_backbone(config.backbone),
+                   data=replace(config.data, image_size=size), out=out,
                    top_k=config.top_k or default_k(dataset.num_classes))
 
 
@@ -106,7 +109,7 @@ def train(config: RunConfig, verbose: bool = True, on_start=None) -> RunResult:
     is open (the CLI names it when Ctrl-C stops the run).
     """
     config.validate()
-    spec = get_backbone(config.backbone)
+    spec = config_backbone(config)
     for stage in config.stages:
         resolve_unfreeze(spec, stage.unfreeze)  # bad block names fail before any work
     strategy = runtime.make_strategy(config.strategy)
@@ -198,7 +201,8 @@ def prepare(config: RunConfig, spec: BackboneSpec, say=log, strategy=None) -> Co
     backbone = build_backbone(spec, weights, size)  # unavailable weights fail before training
     config = resolve(config, spec, dataset)
     run = RunDir.create(runtime.run_path(config.out, strategy), config.to_yaml())
-    say(f"run {run.path}: {spec.name} ({weights} weights) at {size}px on {dataset.name}: "
+    say(f"run {run.path}: {spec.name} ({weights_label(spec, weights)} weights) at {size}px "
+        f"on {dataset.name}: "
         f"{dataset.num_classes} classes, "
         + ", ".join(f"{name} {len(s)}" for name, s in dataset.splits.items())
         + (" (resumed)" if run.resumed else ""))

@@ -38,6 +38,7 @@ from tltk.engine.run import Context
 from tltk.errors import TltkError
 from tltk.models.backbones import (
     block_layers,
+    cache_name,
     resolve_unfreeze,
     set_trainable,
     weights_checksum,
@@ -373,7 +374,7 @@ def _features(ctx: Context, stage: StageConfig, lower: keras.Model, cut: str, ch
               split: str, views: int) -> np.ndarray:
     cfg = ctx.config
     # "draws" marks per-batch seeded augmentation: caches of older versions differ.
-    key = {"backbone": ctx.spec.name, "cut": cut, "weights": checksum,
+    key = {"backbone": cache_name(ctx.spec), "cut": cut, "weights": checksum,
            "image_size": ctx.image_size, "preprocess": ctx.spec.preprocess,
            "resize": cfg.data.resize, "augment": vars(cfg.augment),
            # Only augmented views depend on the seed; plain features are shared by seeds.

@@ -26,7 +26,7 @@ import pandas as pd
 
 from tltk.errors import TltkError
 from tltk.evaluation.metrics import default_k, metrics_rows, predict_split
-from tltk.models.backbones import BackboneSpec, get_backbone, keras_cache_dir
+from tltk.models.backbones import BackboneSpec, config_backbone, keras_cache_dir
 from tltk.models.preprocessing import Preprocess
 from tltk.rundir import RunDir, write_csv, write_npz, write_text
 
@@ -135,8 +135,11 @@ def build_imagenet_classifier(spec: BackboneSpec, weights: str, image_size: int)
     """Raw RGB 0..255 -> Preprocess -> the backbone's own 1000-class ImageNet classifier.
 
     `weights`: `imagenet` (Keras' cache, else a download), a local include-top weights
-    file, or `none` (random weights: for testing the pipeline only).
+    file, or `none` (random weights: for testing the pipeline only). A model file with
+    its 1000-class top is its own classifier.
     """
+    if spec.source:
+        return _source_classifier(spec, image_size)
     application = _application(spec)
     shape = (image_size, image_size, 3)
     if weights == "imagenet":
@@ -148,6 +151,16 @@ def build_imagenet_classifier(spec: BackboneSpec, weights: str, image_size: int)
     inputs = keras.Input(shape, name="image")
     x = Preprocess(spec.preprocess, name="preprocess")(inputs)
     return keras.Model(inputs, classifier(x), name=f"{spec.name}_imagenet")
+
+
+def _source_classifier(spec: BackboneSpec, image_size: int):
+    from tltk.models.heads import source_classifier
+
+    if spec.top_classes != IMAGENET_CLASSES:
+        has = f"a {spec.top_classes}-class top" if spec.top_classes else "no classifier top"
+        raise TltkError(f"--backbone: {spec.source} has {has}; the full-original baseline "
+                        "needs a model with its 1000-class ImageNet classifier")
+    return source_classifier(spec, image_size)
 
 
 def _application(spec: BackboneSpec):
@@ -196,7 +209,7 @@ def full_original(config) -> pd.DataFrame:
 
     if not config.out:
         raise TltkError("--out: the baseline needs --out DIR for its metrics")
-    spec = get_backbone(config.backbone)
+    spec = config_backbone(config)
     size = config.data.image_size or spec.default_size
     model = build_imagenet_classifier(spec, config.weights, size)  # fails fast on weights
     dataset = tltk_data.load(config.data, seed=config.seed)

@@ -218,11 +218,11 @@ def lr_find_config(config, stage: str | None = None, steps: int = 100, start_lr:
         result = lr_find_config(recipes.folder.config().override(
             {"data.path": "photos/"}), stage="finetune", out="runs/lr")
     """
-    from tltk.models.backbones import get_backbone
+    from tltk.models.backbones import config_backbone
 
     _check_range(start_lr, end_lr, steps)
     chosen = config.stage(stage) if stage else _first_stage(config)
-    spec = get_backbone(config.backbone)
+    spec = config_backbone(config)
     size = config.data.image_size or spec.default_size
     keras.utils.set_random_seed(config.seed)
     from tltk.engine.runtime import precision_policy

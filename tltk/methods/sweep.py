@@ -35,11 +35,11 @@ import keras
 import numpy as np
 import pandas as pd
 
-from tltk.config import HeadConfig, RunConfig, StageConfig
+from tltk.config import BackboneOptions, HeadConfig, RunConfig, StageConfig
 from tltk.errors import TltkError
 from tltk.evaluation.reports import read_metrics, to_markdown
 from tltk.methods.unfreezing import require_head_stage
-from tltk.models.backbones import BackboneSpec, get_backbone
+from tltk.models.backbones import BackboneSpec, config_backbone
 from tltk.rundir import RunDir, same_run, write_csv, write_text
 
 ALL = "all"
@@ -143,8 +143,9 @@ def condition_config(base: RunConfig, spec: BackboneSpec, cond: Condition, out: 
                      out=str(out / "runs" / cond.name))
     if cond.depth == SCRATCH:
         stage = replace(SCRATCH_STAGE, epochs=scratch_epochs)
+        # A model file's cut/blocks/preprocess options are not the scratch CNN's.
         return replace(config, backbone="scratch", weights="none", head=HeadConfig(layers=0),
-                       stages=[stage])
+                       backbone_options=BackboneOptions(), stages=[stage])
     unfreeze = unfreeze_for(cond.depth, spec)
     stages = [base.stages[0], *(replace(s, unfreeze=unfreeze) for s in base.stages[1:])]
     return replace(config, stages=stages)
@@ -160,7 +161,7 @@ def conditions(sizes, depths, repeats: int, scratch: bool) -> list[Condition]:
 def sweep(base: RunConfig, per_class, depths, repeats: int = 1, out: str | Path = "sweep",
           scratch: bool = True, scratch_epochs: int | None = None, say=print) -> SweepResult:
     """Run the grid (finished runs in OUT are reused) and write the tables and the plot."""
-    spec = get_backbone(base.backbone)
+    spec = config_backbone(base)
     require_head_stage(base, spec, "tltk sweep")
     if repeats < 1:
         raise TltkError(f"--repeats must be at least 1 (got {repeats})")

@@ -271,19 +271,21 @@ def rank_backbones(config, backbones: list[str], weights: dict[str, str] | None 
 
     Features come from the bottleneck cache (`tltk.engine.features`), keyed like a training
     run's, so repeated rankings reuse them. `weights` maps backbone names to weights
-    (imagenet | none | a file); others use `config.weights`. Returns a DataFrame with
-    backbone, weights, image_size, features, logme, h_score, extract_s, cached, and
+    (imagenet | none | a file); others use `config.weights`. A backbone with its own
+    classifier (a model file with its 1000-class top) is also scored by LEEP on that
+    classifier's probabilities. Returns a DataFrame with backbone, weights, image_size,
+    features, logme, h_score, leep (NaN without a classifier), extract_s, cached, and
     writes it as `rank.csv` into `out` when given.
 
     Example::
 
-        rank_backbones(config, ["mobilenetv2", "vgg16"], {"mobilenetv2": "mnv2.h5"})
+        rank_backbones(config, ["lite0.keras", "mobilenetv2"], {"mobilenetv2": "mnv2.h5"})
     """
     import keras
     import pandas as pd
 
     from tltk import data as tltk_data
-    from tltk.models.backbones import get_backbone
+    from tltk.models.backbones import get_backbone, weights_label
     from tltk.rundir import write_csv
 
     weights = weights or {}
@@ -291,23 +293,28 @@ def rank_backbones(config, backbones: list[str], weights: dict[str, str] | None 
     if unknown:
         raise TltkError(f"--weights: {unknown} not among --backbones {backbones}; "
                         "use NAME=PATH with a ranked backbone's name")
-    specs = [get_backbone(name) for name in backbones]  # fail on a typo before any work
+    # A typo fails before any work; a model file's options apply to it (and to no name).
+    specs = {name: get_backbone(name, _options_for(config, name)) for name in backbones}
     dataset = tltk_data.load(config.data, seed=config.seed)
     train = dataset.splits["train"]
     say(f"ranking {len(specs)} backbones on {dataset.name}: {len(train)} training images, "
         f"{dataset.num_classes} classes")
     rows = []
-    for spec in specs:
-        chosen = weights.get(spec.name, config.weights) if spec.pretrained else "none"
+    for name, spec in specs.items():
+        default = "imagenet" if spec.source else config.weights
+        chosen = weights.get(name, default) if spec.pretrained else "none"
         keras.utils.set_random_seed(config.seed)  # the same random weights for 'none'
         feats, seconds, cached = _pooled_features(config, spec, chosen, train)
-        row = {"backbone": spec.name, "weights": chosen,
+        row = {"backbone": spec.name, "weights": weights_label(spec, chosen),
                "image_size": config.data.image_size or spec.default_size,
                "features": feats.shape[1],
-               **{name: score(feats, train.labels) for name, score in SCORES.items()},
-               "extract_s": round(seconds, 1), "cached": cached}
-        say(f"  {spec.name}: LogME {row['logme']:.4f}, H-score {row['h_score']:.3f} "
-            f"({'cached' if cached else f'{seconds:.1f}s extraction'})")
+               **{score_name: score(feats, train.labels) for score_name, score in SCORES.items()},
+               "leep": float("nan"), "extract_s": round(seconds, 1), "cached": cached}
+        if spec.top_classes and chosen != "none":
+            row["leep"] = leep(_source_probabilities(config, spec, train), train.labels)
+        say(f"  {spec.name}: LogME {row['logme']:.4f}, H-score {row['h_score']:.3f}"
+            + (f", LEEP {row['leep']:.4f}" if row["leep"] == row["leep"] else "")
+            + f" ({'cached' if cached else f'{seconds:.1f}s extraction'})")
         rows.append(row)
     table = pd.DataFrame(rows).sort_values("logme", ascending=False, ignore_index=True)
     if out is not None:
@@ -315,11 +322,38 @@ def rank_backbones(config, backbones: list[str], weights: dict[str, str] | None 
     return table
 
 
+def _options_for(config, name: str):
+    """The config's backbone options for a model-file or hub backbone; none for names."""
+    from tltk.models import hub, modelfile
+    from tltk.models.backbones import BACKBONES
+
+    if name not in BACKBONES and (name.startswith(hub.PREFIX) or modelfile.is_model_file(name)):
+        return config.backbone_options
+    return None
+
+
+def _pipeline(config, split, size: int):
+    from tltk.data.core import make_pipeline
+
+    def make_inputs(view: int):
+        ds = make_pipeline(split, size, config.batch_size, training=False, seed=config.seed,
+                           resize_policy=config.data.resize, cache=False)
+        return ds.map(lambda x, y: x)
+    return make_inputs
+
+
+def _cache_key(config, spec, checksum: str, size: int) -> dict:
+    from tltk.models.backbones import cache_name
+
+    return {"backbone": cache_name(spec), "weights": checksum, "image_size": size,
+            "preprocess": spec.preprocess, "resize": config.data.resize,
+            "augment": vars(config.augment), "seed": config.seed}
+
+
 def _pooled_features(config, spec, weights: str, split):
     """(features [N, D] of `split`, seconds taken, whether they came from the cache)."""
     import time
 
-    from tltk.data.core import make_pipeline
     from tltk.engine.features import FeatureCache
     from tltk.models.backbones import build_backbone, weights_checksum
     from tltk.models.heads import build_classifier, feature_extractor
@@ -328,20 +362,27 @@ def _pooled_features(config, spec, weights: str, split):
     backbone = build_backbone(spec, weights, size)
     # Two classes only shape the unused head; the pooled features do not depend on it.
     extractor = feature_extractor(build_classifier(backbone, spec, 2, config.head))
-    key = {"backbone": spec.name, "weights": weights_checksum(backbone), "image_size": size,
-           "preprocess": spec.preprocess, "resize": config.data.resize,
-           "augment": vars(config.augment), "seed": config.seed}
-
-    def make_inputs(view: int):
-        ds = make_pipeline(split, size, config.batch_size, training=False, seed=config.seed,
-                           resize_policy=config.data.resize, cache=False)
-        return ds.map(lambda x, y: x)
-
+    key = _cache_key(config, spec, weights_checksum(backbone), size)
     cache = FeatureCache(config.cache_dir)
     start = time.time()
-    feats = cache.get(extractor, split, key, make_inputs, views=1, desc=f"features {spec.name}")
+    feats = cache.get(extractor, split, key, _pipeline(config, split, size), views=1,
+                      desc=f"features {spec.name}")
     cached = not hasattr(cache, "last_extraction_s")
     return feats[0], time.time() - start, cached
+
+
+def _source_probabilities(config, spec, split) -> np.ndarray:
+    """The backbone's own classifier's probabilities [N, classes] on `split` (cached)."""
+    from tltk.engine.features import FeatureCache
+    from tltk.models.backbones import weights_checksum
+    from tltk.models.heads import source_classifier
+
+    size = config.data.image_size or spec.default_size
+    model = source_classifier(spec, size)
+    key = {**_cache_key(config, spec, weights_checksum(model), size), "output": "source"}
+    probs = FeatureCache(config.cache_dir).get(model, split, key, _pipeline(config, split, size),
+                                               views=1, desc=f"source classes {spec.name}")
+    return probs[0]
 
 
 def load_image_set(folder, image_size: int, max_images: int | None = 500,

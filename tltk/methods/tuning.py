@@ -53,7 +53,12 @@ from tltk.engine.callbacks import NumericalFault
 from tltk.engine.runtime import op_determinism, precision_policy
 from tltk.errors import TltkError
 from tltk.log import log
-from tltk.models.backbones import BackboneSpec, check_image_size, get_backbone, resolve_unfreeze
+from tltk.models.backbones import (
+    BackboneSpec,
+    check_image_size,
+    config_backbone,
+    resolve_unfreeze,
+)
 from tltk.registry import Registry
 from tltk.rundir import RunDir, save_model, write_csv, write_text
 
@@ -177,7 +182,7 @@ class TransferHyperModel(keras_tuner.HyperModel):
                  say=log):
         super().__init__(name=f"{base.recipe}-{base.backbone}")
         self.base, self.out, self.space, self.say = base, Path(out), space or SearchSpace(), say
-        self.spec = get_backbone(base.backbone)
+        self.spec = config_backbone(base)
         self.trial_id, self.tuner_id = None, "tuner0"
         self._ctx: Context | None = None
 
@@ -379,7 +384,7 @@ def tune(config: RunConfig, tuner: str = "random", max_trials: int = 10,
     if config.strategy != "auto":
         raise TltkError(f"--strategy {config.strategy}: a search runs each trial on one device; "
                         "run one search worker per device instead (KERASTUNER_* variables)")
-    spec = get_backbone(config.backbone)
+    spec = config_backbone(config)
     if config.data.image_size:
         check_image_size(spec, config.data.image_size)
     out = Path(out or f"runs/tune-{config.recipe}-{spec.name}")

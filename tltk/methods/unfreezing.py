@@ -25,7 +25,7 @@ from dataclasses import asdict, replace
 
 from tltk.config import RunConfig, StageConfig
 from tltk.errors import TltkError
-from tltk.models.backbones import get_backbone, resolve_unfreeze
+from tltk.models.backbones import config_backbone, resolve_unfreeze
 
 
 def _stage(name: str, epochs: int, unfreeze, fields: dict) -> StageConfig:
@@ -125,7 +125,7 @@ def restage(config: RunConfig, method: str, blocks: int = 3) -> RunConfig:
     """
     if method not in METHODS:
         raise TltkError(f"--unfreezing: expected one of {', '.join(METHODS)}, got '{method}'")
-    spec = get_backbone(config.backbone)
+    spec = config_backbone(config)
     require_head_stage(config, spec, "--unfreezing")
     head, template = config.stages[0], config.stages[-1]
     if not 1 <= blocks <= len(spec.blocks):

@@ -19,16 +19,18 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
 
 from tltk.errors import TltkError, unknown_name
 from tltk.log import keras_chatter
+from tltk.models.preprocessing import IMAGENET_STD_RGB
 from tltk.registry import Registry
 
 
@@ -56,6 +58,14 @@ class BackboneSpec:
     # A layer belongs to block B when its name matches this (`{block}` -> B) in full.
     block_pattern: str = r"{block}(_.*)?"
     stem_end: str | None = None  # the last layer below the bottom block, when not implied
+    # Blocks that layer names do not carry (a model file's resolution stages): the last
+    # layer of each block, by block name.
+    block_ends: dict | None = None
+    # A model file or keras-hub preset (see tltk.models.modelfile / tltk.models.hub):
+    source: str | None = None  # the file path, or hub:PRESET
+    cut: str | None = None  # the layer whose output is the feature map
+    top_classes: int | None = None  # classes of the source's own classifier, if kept
+    top_builder: Callable[..., keras.Model] | None = None  # (input_shape) -> whole classifier
 
 
 def keras_app(name: str) -> Callable[..., keras.Model]:
@@ -142,15 +152,63 @@ for _spec in [
                  imagenet_file="efficientnetb0_notop.h5"),
     BackboneSpec(name="scratch", description="the thesis's from-scratch 5-conv baseline CNN",
                  builder=build_scratch, preprocess="tf", default_size=128, min_size=32,
-                 blocks=tuple(f"conv{i}" for i in range(5, 0, -1)), params=1_569_472,
+                 blocks=tuple(f"conv{i}" for i in range(5, 0, -1)), params=978_496,
                  pooling="flatten", pretrained=False),
 ]:
     BACKBONES.register(_spec.name, _spec)
 
 
-def get_backbone(name: str) -> BackboneSpec:
-    """The spec registered under `name`; a one-line error suggests close names."""
-    return BACKBONES.get(name)
+def get_backbone(name: str, options=None) -> BackboneSpec:
+    """The spec of `name`: a registered name, a model file or `hub:PRESET_OR_DIR`.
+
+    `options` is a `tltk.config.BackboneOptions` (cut, blocks, preprocess). An unknown
+    registered name is a one-line error that suggests close names.
+
+    Example:
+        >>> get_backbone("../shared/weights/efficientnet_lite0_imagenet.keras").blocks[0]
+        'block7a'
+    """
+    from tltk.models import hub, modelfile
+
+    if name not in BACKBONES and name.startswith(hub.PREFIX):
+        return hub.hub_spec(name, options)
+    if name not in BACKBONES and modelfile.is_model_file(name):
+        return modelfile.file_spec(name, options)
+    spec = BACKBONES.get(name)
+    if options is not None and (options.cut or options.blocks):
+        raise TltkError(f"--cut/--blocks: only for a model-file or hub: backbone; {name} "
+                        "declares its blocks (see `tltk backbones`)")
+    if options is not None and options.preprocess:
+        spec = replace(spec, preprocess=options.preprocess)
+    return spec
+
+
+def config_backbone(config) -> BackboneSpec:
+    """The spec a `RunConfig` trains: its backbone read with its backbone options."""
+    return get_backbone(config.backbone, config.backbone_options)
+
+
+def canonical_backbone(name: str) -> str:
+    """`name` with a model file or local preset directory made absolute (for config.yaml)."""
+    from tltk.models import hub, modelfile
+
+    if name.startswith(hub.PREFIX):
+        return hub.canonical(name)
+    if modelfile.is_model_file(name) and Path(name).expanduser().is_file():
+        return str(Path(name).expanduser().resolve())
+    return name
+
+
+def cache_name(spec: BackboneSpec) -> str:
+    """The backbone's part of a feature-cache key: a model file's path and cut too."""
+    return f"{spec.name}:{spec.source}@{spec.cut}" if spec.source else spec.name
+
+
+def weights_label(spec: BackboneSpec, weights: str) -> str:
+    """How a run's log names its weights, e.g. 'imagenet' or 'the file's own'."""
+    if spec.source and weights != "none":
+        return "the file's own" if not spec.source.startswith("hub:") else "the preset's own"
+    return weights
 
 
 def check_image_size(spec: BackboneSpec, image_size: int) -> None:
@@ -169,9 +227,19 @@ def build_backbone(spec: BackboneSpec, weights: str, image_size: int) -> keras.M
     shape = (image_size, image_size, 3)
     if weights == "none" or not spec.pretrained:
         return spec.builder(shape, None)
+    if spec.source:
+        return _build_source(spec, shape, weights)
     if weights == "imagenet":
         return _build_imagenet(spec, shape)
     return _build_from_file(spec, shape, Path(weights).expanduser())
+
+
+def _build_source(spec: BackboneSpec, shape, weights: str) -> keras.Model:
+    """A model file or preset carries its weights: 'imagenet' (the default) means them."""
+    if weights != "imagenet":
+        raise TltkError(f"--weights: {spec.source} carries its own weights; leave --weights "
+                        "out (or give 'none' for random weights)")
+    return spec.builder(shape, "source")
 
 
 def _build_imagenet(spec: BackboneSpec, shape) -> keras.Model:
@@ -197,7 +265,7 @@ def _build_from_file(spec: BackboneSpec, shape, path: Path) -> keras.Model:
     if not path.is_file():
         raise TltkError(f"--weights: file not found: {path}; give a weights file for "
                         f"{spec.name}, 'imagenet' or 'none'")
-    model = spec.builder(shape, None)
+    model = imagenet_graph(spec, spec.builder(shape, None))
     try:
         with keras_chatter():  # a mismatch warns once per layer before it raises
             model.load_weights(str(path))
@@ -206,6 +274,28 @@ def _build_from_file(spec: BackboneSpec, shape, path: Path) -> keras.Model:
         raise TltkError(f"--weights: {path} does not fit backbone {spec.name} without top "
                         f"({first}); check --backbone and the file") from None
     return model
+
+
+def imagenet_graph(spec: BackboneSpec, model: keras.Model) -> keras.Model:
+    """`model` as keras.applications builds it for `weights="imagenet"`.
+
+    EfficientNet B0-B7 add a `Rescaling(1 / sqrt(std))` after their Normalization only
+    for ImageNet weights (their original code divided by the variance); a local copy of
+    those weights needs it too, or inputs end up about 2x off their trained scale.
+    """
+    if not re.fullmatch(r"EfficientNetB\d", spec.app or ""):
+        return model
+    from tltk.models.modelfile import rebuild
+
+    norm = next(layer.name for layer in model.layers
+                if isinstance(layer, keras.layers.Normalization))
+    scale = [1.0 / math.sqrt(std) for std in IMAGENET_STD_RGB]
+
+    def after_norm(layer, *args, **kwargs):
+        out = layer(*args, **kwargs)
+        return keras.layers.Rescaling(scale)(out) if layer.name == norm else out
+
+    return rebuild(model, model.input_shape[1:], copy_weights=False, call=after_norm)
 
 
 def weights_checksum(model: keras.Model) -> str:
@@ -223,6 +313,8 @@ def block_layers(model: keras.Model, spec: BackboneSpec) -> dict[str, list]:
     ends = {}
     for block in spec.blocks:
         idx = [i for i, layer in enumerate(layers) if _in_block(layer.name, block, spec)]
+        if spec.block_ends and block in spec.block_ends:
+            idx = [i for i, layer in enumerate(layers) if layer.name == spec.block_ends[block]]
         if not idx:
             raise ValueError(f"{spec.name}: block '{block}' matches no layer")
         ends[block] = max(idx)
@@ -240,7 +332,12 @@ def _in_block(name: str, block: str, spec: BackboneSpec) -> bool:
 
 
 def _first_block_start(layers, block: str, spec: BackboneSpec) -> int:
-    """The bottom block starts at its first named layer; the stem below stays frozen."""
+    """The bottom block starts at its first named layer; the stem below stays frozen.
+
+    Resolution stages (`block_ends`) cover everything above the input.
+    """
+    if spec.block_ends:
+        return 1
     if spec.stem_end:
         return [layer.name for layer in layers].index(spec.stem_end) + 1
     return min(i for i, layer in enumerate(layers) if _in_block(layer.name, block, spec))
@@ -298,9 +395,34 @@ def set_trainable(model: keras.Model, spec: BackboneSpec, unfreeze,
 
 def backbone_table() -> str:
     """A text table of registered backbones for `tltk backbones`."""
-    rows = [f"{'name':<15}{'size':>5}{'min':>5}  {'preprocess':<11}{'blocks (top down)'}"]
+    rows = [f"{'name':<15}{'size':>5}{'min':>5}  {'preprocess':<11}{'params':>11}  "
+            f"{'blocks (top down)':<46}description"]
     for spec in BACKBONES.values():
-        blocks = ", ".join(spec.blocks[:3]) + f", ... ({len(spec.blocks)} blocks)"
+        blocks = ", ".join(spec.blocks[:2]) + f", ... ({len(spec.blocks)} blocks)"
+        params = f"{spec.params:,}" if spec.params is not None else "-"
         rows.append(f"{spec.name:<15}{spec.default_size:>5}{spec.min_size:>5}  "
-                    f"{spec.preprocess:<11}{blocks}")
+                    f"{spec.preprocess:<11}{params:>11}  {blocks:<46}{spec.description}")
     return "\n".join(rows)
+
+
+def describe_backbone(spec: BackboneSpec) -> str:
+    """What tltk read from a backbone, for `tltk backbones NAME_OR_FILE`.
+
+    Example:
+        >>> print(describe_backbone(get_backbone("lite0.keras")))  # doctest: +SKIP
+        backbone     efficientnet_lite0_imagenet (model file ...)
+    """
+    size = f"{spec.default_size} px default, {spec.min_size} px minimum"
+    if spec.block_ends:
+        how = "resolution stages, ending at " + ", ".join(
+            f"{b}={spec.block_ends[b]}" for b in spec.blocks)
+    else:
+        how = f"{len(spec.blocks)} blocks: {', '.join(spec.blocks)}"
+    top = (f"{spec.top_classes}-class classifier kept (for LEEP and full-original)"
+           if spec.top_classes else "none")
+    lines = [("backbone", f"{spec.name} ({spec.description})"),
+             ("feature map", f"output of layer '{spec.cut}'" if spec.cut else "its output"),
+             ("blocks", f"{how} (top down)"),
+             ("parameters", f"{spec.params:,}" if spec.params is not None else "-"),
+             ("input size", size), ("preprocess", spec.preprocess), ("top", top)]
+    return "\n".join(f"{key:<13}{value}" for key, value in lines)

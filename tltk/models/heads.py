@@ -62,6 +62,19 @@ def build_classifier(backbone: keras.Model, spec: BackboneSpec, num_classes: int
     return keras.Model(inputs, outputs, name=f"{spec.name}_classifier")
 
 
+def source_classifier(spec: BackboneSpec, image_size: int) -> keras.Model:
+    """Raw RGB 0..255 -> Preprocess -> the model file's own classifier (its kept top).
+
+    Example:
+        >>> source_classifier(get_backbone("lite0.keras"), 224).output_shape
+        (None, 1000)
+    """
+    shape = (image_size, image_size, 3)
+    inputs = keras.Input(shape, name="image")
+    x = Preprocess(spec.preprocess, name="preprocess")(inputs)
+    return keras.Model(inputs, spec.top_builder(shape)(x), name=f"{spec.name}_source")
+
+
 def feature_extractor(model: keras.Model) -> keras.Model:
     """The classifier up to the pooled features (shares its layers)."""
     return keras.Model(model.inputs, model.get_layer("head_pool").output,

@@ -79,12 +79,12 @@ def configure(base, overrides: dict | None = None, sets=(), epochs_head=None,
         (3, 8, 2)
     """
     from tltk.config import parse_set_pairs
-    from tltk.models.backbones import get_backbone, resolve_unfreeze
+    from tltk.models.backbones import config_backbone, resolve_unfreeze
 
     config = base.override(overrides or {}).override(parse_set_pairs(sets))
     config = set_stage_epochs(config, epochs_head, epochs_finetune)
     if cache_features is not None:
-        spec = get_backbone(config.backbone)
+        spec = config_backbone(config)
         for stage in config.stages:
             if resolve_unfreeze(spec, stage.unfreeze) == []:
                 stage.cache_features = cache_features
