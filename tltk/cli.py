@@ -77,6 +77,8 @@ def _overrides(**flags) -> dict:
         out["jit"] = True
     if flags.get("deterministic"):
         out["deterministic"] = True
+    if flags.get("no_v2"):
+        out["data.v2"] = False
     return out
 
 
@@ -131,6 +133,8 @@ def _config(recipe, config_file, flags, sets=(), **stage_fields):
 @run_options
 @click.option("--data-dir", help="tfds data_dir holding prepared tfds datasets.")
 @click.option("--dataset", help="Dataset source: demo, folder, flowers, dogs, dogs-v2.")
+@click.option("--no-v2", is_flag=True, default=None,
+              help="dogs: evaluate without the ImageNetV2 'v2' split (recorded in config.yaml).")
 @epochs_options
 @config_option
 @click.option("--out", help="Run directory (default runs/<recipe>-<backbone>-<time>).")
@@ -458,7 +462,18 @@ def recipes():
 
 @main.group("data")
 def data_group():
-    """Inspect datasets (see `tltk data describe --help`)."""
+    """Prepare and inspect datasets (see `tltk data prepare --help`, `... describe --help`)."""
+
+
+@data_group.command("prepare")
+@click.argument("dataset", type=click.Choice(["dogs", "dogs-v2", "flowers"]))
+@click.option("--data-dir", help="tfds data_dir to build into (default: tfds' own, "
+              "~/tensorflow_datasets or $TFDS_DATA_DIR).")
+def data_prepare(dataset, data_dir):
+    """Download and build DATASET with tfds, ready for `tltk train --data-dir`."""
+    from tltk.data.prepare import prepare
+
+    click.echo(f"prepared {dataset} in {prepare(dataset, data_dir)}")
 
 
 @data_group.command("describe")

@@ -45,6 +45,9 @@ class DataConfig:
     # Seed of the train/val/test split; None: the run's seed. Fixing it while --seed
     # varies keeps the evaluation sets fixed across repeats (as `tltk sweep` does).
     split_seed: int | None = None
+    # dogs: also evaluate on `v2`, ImageNetV2's dog classes (needs imagenet_v2 prepared;
+    # CLI --no-v2 turns it off).
+    v2: bool = True
 
 
 @dataclass
@@ -72,7 +75,7 @@ class AugmentConfig:
 
 @dataclass
 class StageConfig:
-    """One training stage, declared as data.
+    """One training stage, declared as data; a stage of 0 epochs is skipped.
 
     `lr_steps` lists `[epoch, lr]` pairs: from that (stage-local, 0-based) epoch on,
     the learning rate is `lr`, e.g. `[[25, 0.001]]` after 25 epochs at `lr`.
@@ -114,9 +117,10 @@ class StageConfig:
         from tltk.optim.discriminative import OPTIMIZERS
         from tltk.optim.schedules import make_lr
 
-        if self.epochs <= 0:
-            raise TltkError(f"stage '{self.name}': epochs must be a positive integer "
-                            f"(got {self.epochs}); set --epochs-head/--epochs-finetune")
+        if self.epochs < 0:
+            raise TltkError(f"stage '{self.name}': epochs must be 0 (skip the stage) or a "
+                            f"positive integer (got {self.epochs}); set "
+                            "--epochs-head/--epochs-finetune")
         OPTIMIZERS.get(self.optimizer, argument=f"stages.{self.name}.optimizer")
         if self.lr <= 0:
             raise TltkError(f"stage '{self.name}': lr must be positive (got {self.lr})")
@@ -147,6 +151,9 @@ class RunConfig:
     strategy: str = "auto"  # auto | mirrored | multiworker (see tltk.engine.runtime)
     out: str | None = None
     cache_dir: str | None = None  # bottleneck feature cache; None: ~/.cache/tltk
+    # Memory (GB) cached features may take, transient batches included; None: 70 % of
+    # the memory available when the stage starts (see tltk.engine.features.cache_budget).
+    cache_budget_gb: float | None = None
 
     def __post_init__(self):
         self.stages = [s if isinstance(s, StageConfig) else _build(StageConfig, s, "stages")
@@ -203,12 +210,17 @@ class RunConfig:
                   (self.data.class_weight in (None, "balanced"),
                    "--class-weight must be 'balanced' or unset"),
                   (self.data.per_class is None or self.data.per_class > 0,
-                   "--per-class must be a positive integer (or unset for all images)")]
+                   "--per-class must be a positive integer (or unset for all images)"),
+                  (self.cache_budget_gb is None or self.cache_budget_gb > 0,
+                   "cache_budget_gb must be a positive number of GB (or unset)")]
         for ok, message in checks:
             if not ok:
                 raise TltkError(message)
         for stage in self.stages:
             stage.validate()
+        if not any(stage.epochs for stage in self.stages):
+            raise TltkError("every stage has 0 epochs, so nothing would train; give at least "
+                            "one stage epochs (--epochs-head / --epochs-finetune)")
         names = [stage.name for stage in self.stages]
         if len(set(names)) != len(names):
             raise TltkError(f"stage names must be unique (got {names}); rename the repeated one")

@@ -3,14 +3,19 @@
 While the backbone is frozen, its pooled features for an image never change, so
 they are computed once (optionally for K augmented views per training image) and
 the head trains on them, hundreds of times faster than re-running the backbone
-every epoch. Features live on disk as `.npz` (no pickle) under a key of the data,
-split, backbone, weights checksum, image size, preprocessing, augmentation and views,
-so runs and tuner trials reuse them and any change rebuilds them.
+every epoch. Features live on disk as a `.npy` array (no pickle) beside a `.json`
+holding the key of the data, split, backbone, weights checksum, image size,
+preprocessing, augmentation and views, so runs and tuner trials reuse them and any
+change rebuilds them.
+
+Extraction streams: the array is preallocated on disk and filled batch by batch, and
+readers get it memory-mapped, so a cache never needs more than its own size (in
+reclaimable page cache) plus a few batches of memory.
 
 Example:
     >>> cache = FeatureCache("~/.cache/tltk/features")
     >>> feats = cache.get(extractor, split, key=key, make_inputs=make_inputs, views=4)
-    >>> feats.shape  # (views, examples, channels)
+    >>> feats.shape  # (views, examples, *feature shape), a read-only memmap
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tltk.data.core import Split, fingerprint
-from tltk.rundir import write_npz
+from tltk.rundir import atomic_path, write_text
 
 
 def default_cache_dir() -> Path:
@@ -34,60 +39,117 @@ def default_cache_dir() -> Path:
     return Path(root) / "features"
 
 
-class _Progress(keras.callbacks.Callback):
-    """A tqdm bar over `model.predict` batches."""
-
-    def __init__(self, total: int | None, desc: str):
-        super().__init__()
-        self.bar = tqdm(total=total, desc=desc, unit="batch", leave=False,
-                        mininterval=2.0, disable=None)
-
-    def on_predict_batch_end(self, batch, logs=None):
-        self.bar.update(1)
-
-    def on_predict_end(self, logs=None):
-        self.bar.close()
-
-
 class FeatureCache:
-    """An on-disk cache of pooled backbone features, keyed by everything they depend on."""
+    """An on-disk cache of backbone features, keyed by everything they depend on."""
 
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root).expanduser() if root else default_cache_dir()
 
     def path(self, key: dict) -> Path:
-        return self.root / f"{fingerprint(json.dumps(key, sort_keys=True))}.npz"
+        return self.root / f"{fingerprint(json.dumps(key, sort_keys=True))}.npy"
 
     def get(self, extractor: keras.Model, split: Split, key: dict,
             make_inputs: Callable[[int], object], views: int, desc: str = "") -> np.ndarray:
-        """Features of shape (views, N, D): view 0 plain, views 1.. augmented.
+        """Features of shape (views, N, ...): view 0 plain, views 1.. augmented.
 
         `make_inputs(view)` returns a batched, unshuffled image dataset for that view.
+        The result is a read-only memory map of the cache file.
         """
         key = {**key, "split": split.fingerprint, "views": views}
-        path = self.path(key)
-        if path.is_file():
-            with np.load(path, allow_pickle=False) as data:
-                return data["features"]
+        path, item = self.path(key), tuple(extractor.output_shape[1:])
+        shape, dtype = (views, len(split), *item), feature_dtype(item)
+        feats = _load(path, key, shape, dtype)
+        if feats is not None:
+            return feats
         start = time.time()
-        feats = np.stack([self._extract(extractor, make_inputs(v), len(split),
-                                        f"{desc} view {v + 1}/{views}") for v in range(views)])
-        write_npz(path, features=feats, key=np.asarray(json.dumps(key, sort_keys=True)))
+        with atomic_path(path) as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+            for view in range(views):
+                self._extract(extractor, make_inputs(view), out[view],
+                              f"{desc} view {view + 1}/{views}")
+            out.flush()
+            del out  # unmapped before the rename
+        # The key is written last: an array without it (a kill in between) is rebuilt.
+        write_text(_key_path(path), json.dumps(
+            {"key": key, "shape": list(shape), "dtype": np.dtype(dtype).name}, sort_keys=True))
         self.last_extraction_s = time.time() - start
-        return feats
+        return _load(path, key, shape, dtype)
 
     @staticmethod
-    def _extract(extractor, inputs, n: int, desc: str) -> np.ndarray:
+    def _extract(extractor, inputs, out: np.ndarray, desc: str) -> None:
+        """Fill `out` (N, ...) with the extractor's output, one batch at a time."""
         batches = int(inputs.cardinality())
-        progress = _Progress(batches if batches > 0 else None, desc.strip())
-        feats = extractor.predict(inputs, verbose=0, callbacks=[progress])
-        assert len(feats) == n, f"extracted {len(feats)} features for {n} images"
-        # Pooled vectors stay float32 (head metrics then match the whole model's
-        # exactly); spatial activations are stored at half precision to halve memory.
-        return feats.astype(np.float32 if feats.ndim == 2 else np.float16)
+        bar = tqdm(total=batches if batches > 0 else None, desc=desc.strip(), unit="batch",
+                   leave=False, mininterval=2.0, disable=None)
+        filled = 0
+        with bar:
+            for images in inputs:
+                feats = np.asarray(extractor.predict_on_batch(images))
+                out[filled:filled + len(feats)] = feats  # cast to the cache's dtype
+                filled += len(feats)
+                bar.update(1)
+        assert filled == len(out), f"extracted {filled} features for {len(out)} images"
 
 
-def cache_bytes(shape: tuple, examples: int, views: int) -> int:
-    """Memory the cached features of a split would take (see `_extract`'s dtypes)."""
-    per_item = int(np.prod(shape)) * (4 if len(shape) == 1 else 2)
-    return per_item * examples * views
+def feature_dtype(shape: tuple) -> np.dtype:
+    """Pooled vectors stay float32 (head metrics then match the whole model's exactly);
+    spatial activations are stored at half precision to halve memory."""
+    return np.dtype(np.float32 if len(shape) == 1 else np.float16)
+
+
+def _key_path(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def _load(path: Path, key: dict, shape: tuple, dtype: np.dtype) -> np.ndarray | None:
+    """The cached array memory-mapped, or None when it is missing, stale or torn."""
+    meta = _key_path(path)
+    if not (path.is_file() and meta.is_file()):
+        return None
+    try:
+        saved = json.loads(meta.read_text())
+        feats = np.load(path, allow_pickle=False, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    expected = {"key": json.loads(json.dumps(key)), "shape": list(shape),
+                "dtype": np.dtype(dtype).name}
+    if saved != expected or feats.shape != shape or feats.dtype != dtype:
+        return None
+    return feats
+
+
+# Batches alive beside a cache: the extractor's float32 output and its cast while
+# extracting; while training, the gathered batch, its float32 copy in the model and
+# the prefetched ones.
+TRANSIENT_BATCHES = 8
+
+
+def cache_bytes(shape: tuple, examples: int, batch_size: int = 32) -> int:
+    """Memory a cache of `examples` items (all views and splits) takes, with transients.
+
+    Example:
+        >>> round(cache_bytes((14, 14, 512), 10_000) / 1e9, 2)  # VGG19 block4_pool maps
+        2.11
+    """
+    values = int(np.prod(shape))
+    stored = values * feature_dtype(shape).itemsize * examples
+    return stored + TRANSIENT_BATCHES * batch_size * values * 4
+
+
+# Of the memory available when a run starts, the part a cache may take (the model,
+# its gradients and the input pipeline need the rest).
+AVAILABLE_FRACTION = 0.7
+
+
+def cache_budget(budget_gb: float | None) -> float:
+    """The cache memory budget in bytes: `budget_gb`, or a share of the available memory.
+
+    Example:
+        >>> cache_budget(6.0)
+        6000000000.0
+    """
+    if budget_gb is not None:
+        return budget_gb * 1e9
+    import psutil
+
+    return AVAILABLE_FRACTION * psutil.virtual_memory().available

@@ -116,10 +116,11 @@ def train(config: RunConfig, verbose: bool = True) -> RunResult:
 
 
 def _train(config: RunConfig, spec: BackboneSpec, say, strategy=None) -> RunResult:
-    from tltk.engine.stage import run_stage
+    from tltk.engine.stage import check_stages, run_stage
 
     ctx = prepare(config, spec, say, strategy)
     try:
+        check_stages(ctx)
         for stage in ctx.config.stages:
             run_stage(ctx, stage)
         result = finish(ctx)

@@ -30,7 +30,7 @@ from tltk.config import StageConfig
 from tltk.data.core import images_fit_in_memory, make_pipeline
 from tltk.engine import checkpoint, streams
 from tltk.engine.callbacks import NonFiniteLossGuard, NumericalFault
-from tltk.engine.features import FeatureCache, cache_bytes
+from tltk.engine.features import FeatureCache, cache_budget, cache_bytes
 from tltk.engine.run import Context
 from tltk.errors import TltkError
 from tltk.models.backbones import (
@@ -43,8 +43,6 @@ from tltk.models.heads import backbone_of, split_at_blocks
 from tltk.optim import discriminative
 from tltk.optim.schedules import make_lr
 
-# Cached features must fit in memory beside the model on a modest (24 GB) machine.
-CACHE_BUDGET_BYTES = 6e9
 # Shuffle buffer of a training image stream (decoded images are held in it).
 SHUFFLE_BUFFER = 10_000
 
@@ -56,6 +54,12 @@ def run_stage(ctx: Context, stage: StageConfig) -> None:
     the middle of continues after its last committed epoch.
     """
     if stage.name in ctx.done:
+        return
+    if not stage.epochs:
+        ctx.log(f"stage {stage.name}: skipped (0 epochs)")
+        checkpoint.complete_stage(ctx.run, stage.name, ctx.model, ctx.trackers,
+                                  {"name": stage.name, "skipped": True, "epochs": 0,
+                                   "seconds": 0.0})
         return
     backbone = backbone_of(ctx.model)
     blocks = set_trainable(backbone, ctx.spec, stage.unfreeze)
@@ -76,6 +80,38 @@ def run_stage(ctx: Context, stage: StageConfig) -> None:
         fitted = _fit_on_images(ctx, stage)
     seconds = ctx.resumed_seconds + time.time() - started
     _record_stage(ctx, stage, blocks, cache, fitted.optimizer, seconds)
+
+
+def stage_plan(ctx: Context, stage: StageConfig) -> dict:
+    """What `run_stage` will do: trainable blocks and weights, and the cache it builds.
+
+    Sets the model's trainable flags as the stage will (`run_stage` sets them again).
+
+    Example:
+        >>> stage_plan(ctx, ctx.config.stage("finetune"))["cache"]
+        {'kind': 'activations', 'cut': 'block4_pool', 'views': 4, 'bytes': 12.4e9, ...}
+    """
+    blocks = set_trainable(backbone_of(ctx.model), ctx.spec, stage.unfreeze)
+    freeze_head_batchnorm(ctx.model, frozen=bool(blocks) and ctx.spec.pretrained)
+    trainable = sum(int(np.prod(w.shape)) for w in ctx.model.trainable_weights)
+    plan = {"blocks": blocks, "trainable": trainable, "cache": None}
+    kind = _use_cache(ctx, stage, blocks)
+    if kind:
+        lower, _, cut = split_at_blocks(ctx.model, ctx.spec, [] if kind == "pooled" else blocks)
+        shape, views = tuple(lower.output_shape[1:]), stage.feature_views if stage.augment else 1
+        splits = ctx.dataset.splits
+        plan["cache"] = {"kind": kind, "cut": cut, "shape": shape, "views": views,
+                         "bytes": cache_bytes(shape, len(splits["train"]) * views
+                                              + len(splits["val"]), ctx.config.batch_size),
+                         "over": check_cache_budget(ctx, stage, shape, views)}
+    return plan
+
+
+def check_stages(ctx: Context) -> None:
+    """Fail before any training when a stage's requested cache cannot fit the budget."""
+    for stage in ctx.config.stages:
+        if stage.name not in ctx.done and stage.epochs:
+            stage_plan(ctx, stage)
 
 
 def freeze_head_batchnorm(model: keras.Model, frozen: bool) -> None:
@@ -99,11 +135,12 @@ def _use_cache(ctx: Context, stage: StageConfig, blocks) -> str | None:
     """
     frozen = ctx.spec.pretrained and not blocks
     wanted = frozen if stage.cache_features is None else stage.cache_features
-    if not wanted:
+    # A scratch backbone trains whole, so a recipe's caching default cannot apply.
+    if not wanted or not ctx.spec.pretrained:
         return None
     if frozen:
         return "pooled"
-    if not ctx.spec.pretrained or resolve_unfreeze(ctx.spec, stage.unfreeze) == "all":
+    if resolve_unfreeze(ctx.spec, stage.unfreeze) == "all":
         raise TltkError(f"stage '{stage.name}': cache_features needs a frozen part below "
                         "the trained blocks; unfreeze fewer blocks or set cache_features false")
     return "activations"
@@ -268,15 +305,41 @@ def _fit_on_images(ctx: Context, stage: StageConfig) -> keras.Model:
     return _fit(ctx, stage, ctx.model, steps, make_train, val_ds)
 
 
+def check_cache_budget(ctx: Context, stage: StageConfig, shape: tuple,
+                       views: int) -> str | None:
+    """None when the stage's cache fits the memory budget, else why it does not.
+
+    A stage that asked for caching (`cache_features: true`) fails instead, saying by
+    how much the cache is over and what to change.
+    """
+    splits = ctx.dataset.splits
+    need = cache_bytes(shape, len(splits["train"]) * views + len(splits["val"]),
+                       ctx.config.batch_size)
+    budget = cache_budget(ctx.config.cache_budget_gb)
+    if need <= budget:
+        return None
+    name = stage.name
+    why = (f"stage '{name}': cached features would need {need / 1e9:.2f} GB, "
+           f"{(need - budget) / 1e9:.2f} GB over the cache budget of {budget / 1e9:.2f} GB")
+    if stage.cache_features:
+        raise TltkError(f"{why}; raise it with --set cache_budget_gb=GB if the memory is "
+                        f"there, lower stages.{name}.feature_views (now {views}), or set "
+                        f"stages.{name}.cache_features=false to train on images")
+    return why
+
+
 def _fit_on_features(ctx: Context, stage: StageConfig, blocks: list[str]) -> keras.Model:
-    """Fit the part above the frozen cut on cached features of K augmented views."""
+    """Fit the part above the frozen cut on cached features of K augmented views.
+
+    The caches stay memory-mapped on disk: training shuffles indices and gathers each
+    batch from them, so no second copy of the features is made.
+    """
     cfg = ctx.config
     lower, upper, cut = split_at_blocks(ctx.model, ctx.spec, blocks)
     views = stage.feature_views if stage.augment else 1
-    need = cache_bytes(lower.output_shape[1:], len(ctx.dataset.splits["train"]), views)
-    if need > CACHE_BUDGET_BYTES:
-        ctx.log(f"  cached activations would need {need / 1e9:.1f} GB (budget "
-                f"{CACHE_BUDGET_BYTES / 1e9:.0f} GB): training on images instead")
+    over = check_cache_budget(ctx, stage, lower.output_shape[1:], views)
+    if over:
+        ctx.log(f"  {over}: training on images instead")
         return _fit_on_images(ctx, stage)
     frozen = weights_checksum(lower)
     train = _features(ctx, stage, lower, cut, frozen, "train", views)
@@ -284,16 +347,18 @@ def _fit_on_features(ctx: Context, stage: StageConfig, blocks: list[str]) -> ker
     n = train.shape[1]
     labels = ctx.dataset.splits["train"].labels
     steps = math.ceil(n / cfg.batch_size)
-    flat = train.reshape(-1, *train.shape[2:])
-    examples = tf.data.Dataset.from_tensor_slices((flat, np.tile(labels, views)))
-    val_ds = tf.data.Dataset.from_tensor_slices((val, ctx.dataset.splits["val"].labels))
+    flat = train.reshape(-1, *train.shape[2:])  # a view of the memory map, not a copy
+    gather = streams.array_gather(flat, np.tile(labels, views))
+    val_ds = streams.batches(len(val), cfg.batch_size,
+                             streams.array_gather(val, ctx.dataset.splits["val"].labels))
 
     def make_train(first: int) -> tf.data.Dataset:
         # Every epoch draws n samples from all views, so an epoch means the same as on images.
-        return streams.epoch_stream(examples, n, cfg.batch_size, cfg.seed, first, stage.epochs,
-                                   n * views, mix=_mixer(ctx, stage))
+        return streams.epoch_stream(tf.data.Dataset.range(n * views), n, cfg.batch_size,
+                                   cfg.seed, first, stage.epochs, n * views,
+                                   mix=_mixer(ctx, stage), gather=gather)
 
-    return _fit(ctx, stage, upper, steps, make_train, val_ds.batch(cfg.batch_size), frozen)
+    return _fit(ctx, stage, upper, steps, make_train, val_ds, frozen)
 
 
 def _features(ctx: Context, stage: StageConfig, lower: keras.Model, cut: str, checksum: str,
