@@ -50,7 +50,11 @@ def prepare(dataset: str, data_dir: str | None = None) -> Path:
 
 def _offline(dataset: str, builder, root: Path, exc: Exception) -> TltkError:
     """The one-line error for a failed download: what to fetch, and where to put it."""
-    files = ", ".join(f"{info.filename} ({url})" for url, info in builder.url_infos.items())
+    urls = builder.url_infos or {}
+    # A builder's checksums list the files of all its configs; keep this config's own.
+    config = getattr(builder.builder_config, "name", None)
+    urls = {u: info for u, info in urls.items() if config and config in u} or urls
+    files = ", ".join(f"{info.filename} ({url})" for url, info in urls.items())
     reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
     return TltkError(f"data prepare {dataset}: download failed ({reason}); download "
                      f"{files} on a machine with internet access, put them in "
