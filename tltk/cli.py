@@ -153,9 +153,12 @@ def _config(recipe, config_file, flags, sets=(), **stage_fields):
                    "(gradual), or one block at a time, then all (chain-thaw).")
 @click.option("--unfreeze-blocks", type=int, default=3, show_default=True,
               help="How many top blocks --unfreezing thaws.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan, cache sizes against the memory budget and estimated "
+                   "times per stage (from a few timed batches); train nothing.")
 @set_option
 def train(recipe, config_file, epochs_head, epochs_finetune, cache_features, resume_dir,
-          mixup, unfreezing, unfreeze_blocks, sets, **flags):
+          mixup, unfreezing, unfreeze_blocks, sets, dry_run, **flags):
     """Train RECIPE (see `tltk recipes`) and evaluate best and final weights.
 
     Rerunning with the same --out continues an interrupted run, as does --resume RUN_DIR.
@@ -177,6 +180,11 @@ def train(recipe, config_file, epochs_head, epochs_finetune, cache_features, res
         config = _config(recipe, config_file, flags, sets, mixup=mixup, **stage_fields)
         if unfreezing:
             config = restage(config, unfreezing, unfreeze_blocks)
+    if dry_run:
+        from tltk.engine.dryrun import dry_run as plan
+
+        plan(config, say=click.echo)
+        return
     train_config(config)
 
 

@@ -82,10 +82,11 @@ def run_stage(ctx: Context, stage: StageConfig) -> None:
     _record_stage(ctx, stage, blocks, cache, fitted.optimizer, seconds)
 
 
-def stage_plan(ctx: Context, stage: StageConfig) -> dict:
+def stage_plan(ctx: Context, stage: StageConfig, strict: bool = True) -> dict:
     """What `run_stage` will do: trainable blocks and weights, and the cache it builds.
 
     Sets the model's trainable flags as the stage will (`run_stage` sets them again).
+    A requested cache over the budget raises (see `check_cache_budget`) when `strict`.
 
     Example:
         >>> stage_plan(ctx, ctx.config.stage("finetune"))["cache"]
@@ -103,7 +104,7 @@ def stage_plan(ctx: Context, stage: StageConfig) -> dict:
         plan["cache"] = {"kind": kind, "cut": cut, "shape": shape, "views": views,
                          "bytes": cache_bytes(shape, len(splits["train"]) * views
                                               + len(splits["val"]), ctx.config.batch_size),
-                         "over": check_cache_budget(ctx, stage, shape, views)}
+                         "over": check_cache_budget(ctx, stage, shape, views, strict)}
     return plan
 
 
@@ -305,12 +306,12 @@ def _fit_on_images(ctx: Context, stage: StageConfig) -> keras.Model:
     return _fit(ctx, stage, ctx.model, steps, make_train, val_ds)
 
 
-def check_cache_budget(ctx: Context, stage: StageConfig, shape: tuple,
-                       views: int) -> str | None:
+def check_cache_budget(ctx: Context, stage: StageConfig, shape: tuple, views: int,
+                       strict: bool = True) -> str | None:
     """None when the stage's cache fits the memory budget, else why it does not.
 
-    A stage that asked for caching (`cache_features: true`) fails instead, saying by
-    how much the cache is over and what to change.
+    A stage that asked for caching (`cache_features: true`) fails instead (when
+    `strict`), saying by how much the cache is over and what to change.
     """
     splits = ctx.dataset.splits
     need = cache_bytes(shape, len(splits["train"]) * views + len(splits["val"]),
@@ -321,7 +322,7 @@ def check_cache_budget(ctx: Context, stage: StageConfig, shape: tuple,
     name = stage.name
     why = (f"stage '{name}': cached features would need {need / 1e9:.2f} GB, "
            f"{(need - budget) / 1e9:.2f} GB over the cache budget of {budget / 1e9:.2f} GB")
-    if stage.cache_features:
+    if stage.cache_features and strict:
         raise TltkError(f"{why}; raise it with --set cache_budget_gb=GB if the memory is "
                         f"there, lower stages.{name}.feature_views (now {views}), or set "
                         f"stages.{name}.cache_features=false to train on images")
