@@ -99,3 +99,4 @@ def test_a_requested_cache_over_budget_fails_before_training_saying_by_how_much(
     assert "\n" not in message and "stage 'tune'" in message and "GB over" in message
     assert "cache_budget_gb" in message and "stages.tune.cache_features=false" in message
     assert not (tmp_path / "run" / "history.csv").exists(), "failed before any epoch"
+

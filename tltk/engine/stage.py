@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import math
+import sys
 import time
 
 import keras
@@ -247,6 +248,18 @@ def _augmenter(ctx: Context, stage: StageConfig, seed: int):
     return streams.seeded_augment(RandomAffine(**vars(ctx.config.augment), seed=seed))
 
 
+def progress_bar(stream=None) -> int:
+    """Keras's `verbose`: its per-step bar with an ETA on a terminal (long epochs), else
+    0 and only `EpochLogger`'s one line per epoch (logs and notebooks stay readable).
+
+    Example:
+        >>> progress_bar(io.StringIO())
+        0
+    """
+    stream = stream or sys.stdout
+    return 1 if getattr(stream, "isatty", lambda: False)() else 0
+
+
 def _fit(ctx: Context, stage: StageConfig, fitted: keras.Model, steps: int, make_train,
          val_ds, frozen: str | None = None) -> keras.Model:
     """Compile `fitted`, continue after the stage's last committed epoch, fit the rest.
@@ -270,7 +283,8 @@ def _fit(ctx: Context, stage: StageConfig, fitted: keras.Model, steps: int, make
     try:
         fitted.fit(make_train(first), validation_data=_validation(ctx, stage, val_ds),
                    epochs=stage.epochs,
-                   initial_epoch=first, steps_per_epoch=steps, verbose=0, shuffle=False,
+                   initial_epoch=first, steps_per_epoch=steps, verbose=progress_bar(),
+                   shuffle=False,
                    callbacks=[*ctx.callbacks, commit, guard],
                    class_weight=class_weights(ctx))
     except NumericalFault:
