@@ -299,25 +299,44 @@ def _fit_on_images(ctx: Context, stage: StageConfig) -> keras.Model:
     cfg = ctx.config
     train = ctx.dataset.splits["train"]
     steps = math.ceil(len(train) / cfg.batch_size)
-    fits = images_fit_in_memory(len(train), ctx.image_size)
-    # Decoded, resized and cached once; every epoch then shuffles with its own seed.
-    examples = make_pipeline(train, ctx.image_size, cfg.batch_size, training=False,
-                             seed=cfg.seed, resize_policy=cfg.data.resize,
-                             cache=cfg.data.cache_images and fits).unbatch()
-    # Pixels are whole 0..255 levels: as uint8 the shuffle buffer takes a quarter of the
-    # memory, and the augmenter warps uint8 batches (it returns float32).
-    examples = examples.map(lambda x, y: (tf.cast(x, tf.uint8), y))
+    fits = cfg.data.cache_images and images_fit_in_memory(len(train), ctx.image_size)
     augment = _augmenter(ctx, stage, cfg.seed) or (lambda x, _: tf.cast(x, tf.float32))
     val_ds = make_pipeline(ctx.dataset.splits["val"], ctx.image_size, cfg.batch_size,
                            training=False, seed=cfg.seed, resize_policy=cfg.data.resize,
-                           cache=cfg.data.cache_images and fits)
+                           cache=fits)
+    if fits:
+        # Decoded and resized once into one uint8 array; every epoch shuffles indices
+        # with its own seed and gathers whole batches from it (no shuffle buffer of images).
+        images = decoded_images(ctx, "train")
+        examples, gather = tf.data.Dataset.range(len(train)), streams.array_gather(
+            images, train.labels)
+    else:
+        # Pixels are whole 0..255 levels: as uint8 the shuffle buffer takes a quarter of
+        # the memory, and the augmenter warps uint8 batches (it returns float32).
+        examples = make_pipeline(train, ctx.image_size, cfg.batch_size, training=False,
+                                 seed=cfg.seed, resize_policy=cfg.data.resize,
+                                 cache=False).unbatch()
+        examples, gather = examples.map(lambda x, y: (tf.cast(x, tf.uint8), y)), None
 
     def make_train(first: int) -> tf.data.Dataset:
         return streams.epoch_stream(examples, len(train), cfg.batch_size, cfg.seed, first,
                                    stage.epochs, min(len(train), SHUFFLE_BUFFER), augment,
-                                   _mixer(ctx, stage))
+                                   _mixer(ctx, stage), gather=gather)
 
     return _fit(ctx, stage, ctx.model, steps, make_train, val_ds)
+
+
+def decoded_images(ctx: Context, split: str) -> np.ndarray:
+    """A split decoded and resized into one preallocated uint8 array [N, S, S, 3]."""
+    cfg, source = ctx.config, ctx.dataset.splits[split]
+    size = ctx.image_size
+    images = np.empty((len(source), size, size, 3), np.uint8)
+    filled = 0
+    for batch, _ in make_pipeline(source, size, cfg.batch_size, training=False, seed=cfg.seed,
+                                  resize_policy=cfg.data.resize, cache=False):
+        images[filled:filled + len(batch)] = tf.cast(batch, tf.uint8).numpy()
+        filled += len(batch)
+    return images
 
 
 def check_cache_budget(ctx: Context, stage: StageConfig, shape: tuple, views: int,
