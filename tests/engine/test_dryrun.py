@@ -41,7 +41,7 @@ def test_dry_run_prints_the_plan_and_estimates_without_training(tmp_path, tiny_b
     assert not cache.exists() or not any(cache.iterdir()), "nor any cache"
     over = CliRunner().invoke(main, [*args, "--set", "cache_budget_gb=0.0001"])
     assert over.exit_code == 0, over.output
-    assert "GB over the cache budget of 0.00 GB" in over.output
+    assert "MB over the cache budget of 0.1 MB" in over.output
 
 
 def test_keras_progress_bar_only_on_a_terminal():

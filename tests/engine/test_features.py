@@ -96,7 +96,8 @@ def test_a_requested_cache_over_budget_fails_before_training_saying_by_how_much(
     with pytest.raises(TltkError) as info:
         train(config, verbose=False)
     message = str(info.value)
-    assert "\n" not in message and "stage 'tune'" in message and "GB over" in message
+    assert "\n" not in message and "stage 'tune'" in message
+    assert "MB over the cache budget of 0.1 MB" in message
     assert "cache_budget_gb" in message and "stages.tune.cache_features=false" in message
     assert not (tmp_path / "run" / "history.csv").exists(), "failed before any epoch"
 

@@ -55,7 +55,9 @@ def _offline(dataset: str, builder, root: Path, exc: Exception) -> TltkError:
     config = getattr(builder.builder_config, "name", None)
     urls = {u: info for u, info in urls.items() if config and config in u} or urls
     files = ", ".join(f"{info.filename} ({url})" for url, info in urls.items())
-    reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+    # requests' messages nest the cause ("... (Caused by NameResolutionError(...))").
+    text = str(exc).splitlines()[0].split(" (Caused by")[0] if str(exc) else ""
+    reason = text[:160] or type(exc).__name__
     return TltkError(f"data prepare {dataset}: download failed ({reason}); download "
                      f"{files} on a machine with internet access, put them in "
                      f"{manual_dir(root)}, then rerun `tltk data prepare {dataset} "

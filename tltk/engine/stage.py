@@ -353,13 +353,23 @@ def check_cache_budget(ctx: Context, stage: StageConfig, shape: tuple, views: in
     if need <= budget:
         return None
     name = stage.name
-    why = (f"stage '{name}': cached features would need {need / 1e9:.2f} GB, "
-           f"{(need - budget) / 1e9:.2f} GB over the cache budget of {budget / 1e9:.2f} GB")
+    why = (f"stage '{name}': cached features would need {_size(need)}, "
+           f"{_size(need - budget)} over the cache budget of {_size(budget)}")
     if stage.cache_features and strict:
         raise TltkError(f"{why}; raise it with --set cache_budget_gb=GB if the memory is "
                         f"there, lower stages.{name}.feature_views (now {views}), or set "
                         f"stages.{name}.cache_features=false to train on images")
     return why
+
+
+def _size(nbytes: float) -> str:
+    """Bytes as GB, or MB below 1 GB.
+
+    Example:
+        >>> _size(12.43e9), _size(5.2e6)
+        ('12.43 GB', '5.2 MB')
+    """
+    return f"{nbytes / 1e9:.2f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.1f} MB"
 
 
 def _fit_on_features(ctx: Context, stage: StageConfig, blocks: list[str]) -> keras.Model:
@@ -382,9 +392,10 @@ def _fit_on_features(ctx: Context, stage: StageConfig, blocks: list[str]) -> ker
     labels = ctx.dataset.splits["train"].labels
     steps = math.ceil(n / cfg.batch_size)
     flat = train.reshape(-1, *train.shape[2:])  # a view of the memory map, not a copy
-    gather = streams.array_gather(flat, np.tile(labels, views))
-    val_ds = streams.batches(len(val), cfg.batch_size,
-                             streams.array_gather(val, ctx.dataset.splits["val"].labels))
+    # Half-precision activations are widened per batch: CPU kernels are float32.
+    gather = streams.array_gather(flat, np.tile(labels, views), tf.float32)
+    val_ds = streams.batches(len(val), cfg.batch_size, streams.array_gather(
+        val, ctx.dataset.splits["val"].labels, tf.float32))
 
     def make_train(first: int) -> tf.data.Dataset:
         # Every epoch draws n samples from all views, so an epoch means the same as on images.

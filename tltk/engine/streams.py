@@ -71,9 +71,10 @@ def epoch_stream(examples: tf.data.Dataset, count: int, batch_size: int, seed: i
     return stream.prefetch(tf.data.AUTOTUNE)
 
 
-def array_gather(features: np.ndarray, labels: np.ndarray):
+def array_gather(features: np.ndarray, labels: np.ndarray, dtype=None):
     """`gather(indices) -> (features[indices], labels[indices])` over a (memory-mapped)
-    array, for `epoch_stream` and `batches`: each batch is read from it on demand.
+    array, for `epoch_stream` and `batches`: each batch is read from it on demand, and
+    cast to `dtype` when given.
 
     Example:
         >>> gather = array_gather(np.zeros((6, 2), np.float16), np.arange(6))
@@ -88,7 +89,7 @@ def array_gather(features: np.ndarray, labels: np.ndarray):
     def gather(indices):
         x = tf.numpy_function(read, [indices], tf.as_dtype(features.dtype), stateful=False)
         x.set_shape([None, *features.shape[1:]])
-        return x, tf.gather(labels, indices)
+        return (x if dtype is None else tf.cast(x, dtype)), tf.gather(labels, indices)
 
     return gather
 
