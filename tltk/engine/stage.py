@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from tltk.config import StageConfig
-from tltk.data.core import images_fit_in_memory, make_pipeline
+from tltk.data.core import decode_split, images_fit_in_memory, make_pipeline
 from tltk.engine import checkpoint, streams
 from tltk.engine.callbacks import NonFiniteLossGuard, NumericalFault
 from tltk.engine.features import FeatureCache, cache_budget, cache_bytes
@@ -307,7 +307,7 @@ def _fit_on_images(ctx: Context, stage: StageConfig) -> keras.Model:
     if fits:
         # Decoded and resized once into one uint8 array; every epoch shuffles indices
         # with its own seed and gathers whole batches from it (no shuffle buffer of images).
-        images = decoded_images(ctx, "train")
+        images = decode_split(train, ctx.image_size, cfg.batch_size, cfg.data.resize)
         examples, gather = tf.data.Dataset.range(len(train)), streams.array_gather(
             images, train.labels)
     else:
@@ -324,19 +324,6 @@ def _fit_on_images(ctx: Context, stage: StageConfig) -> keras.Model:
                                    _mixer(ctx, stage), gather=gather)
 
     return _fit(ctx, stage, ctx.model, steps, make_train, val_ds)
-
-
-def decoded_images(ctx: Context, split: str) -> np.ndarray:
-    """A split decoded and resized into one preallocated uint8 array [N, S, S, 3]."""
-    cfg, source = ctx.config, ctx.dataset.splits[split]
-    size = ctx.image_size
-    images = np.empty((len(source), size, size, 3), np.uint8)
-    filled = 0
-    for batch, _ in make_pipeline(source, size, cfg.batch_size, training=False, seed=cfg.seed,
-                                  resize_policy=cfg.data.resize, cache=False):
-        images[filled:filled + len(batch)] = tf.cast(batch, tf.uint8).numpy()
-        filled += len(batch)
-    return images
 
 
 def check_cache_budget(ctx: Context, stage: StageConfig, shape: tuple, views: int,
