@@ -104,9 +104,10 @@ run_options = _options(click.option("--batch-size", type=int), click.option("--s
 config_option = click.option("--config", "config_file", type=click.Path(),
                              help="YAML config to start from (instead of the recipe's).")
 epochs_options = _options(
-    click.option("--epochs-head", type=int, help="Epochs of the first (bottleneck) stage."),
+    click.option("--epochs-head", type=int,
+                 help="Epochs of the first (bottleneck) stage; 0 skips it."),
     click.option("--epochs-finetune", type=int,
-                 help="Epochs of every later (fine-tuning) stage."))
+                 help="Epochs of every later (fine-tuning) stage; 0 skips them."))
 set_option = click.option(
     "--set", "sets", multiple=True, metavar="KEY=VALUE",
     help="Override any config key, e.g. stages.finetune.schedule=cosine (repeatable).")
