@@ -11,7 +11,8 @@ every training image and the plain validation images, extracted once. That is ex
 CPU; `--set stages.finetune.cache_features=false` trains that stage on freshly
 augmented images every epoch instead (the thesis' way, sensible on a GPU). Best
 and final weights are evaluated on `val`, `test` and `v2`, the 120 dog classes of
-ImageNetV2 (matched frequency), which the `dogs` dataset adds when it is prepared.
+ImageNetV2 (matched frequency): it must be prepared too (`tltk data prepare dogs-v2`),
+or left out on purpose with `--no-v2`.
 
 Thesis figures it reproduces (VGG19, top-1 validation / test / ImageNetV2):
 75.5 % / 74.75 % / 46.08 %; its scratch CNN reached 38 %.
