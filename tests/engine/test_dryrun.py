@@ -25,6 +25,8 @@ def test_dry_run_prints_the_plan_and_estimates_without_training(tmp_path, tiny_b
     (tmp_path / "run.yaml").write_text(config.to_yaml())
     args = ["train", "--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run"),
             "--dry-run"]
+    cache = Path(os.environ["TLTK_CACHE"]) / "features"
+    cached_before = set(cache.iterdir()) if cache.exists() else set()
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
@@ -37,8 +39,7 @@ def test_dry_run_prints_the_plan_and_estimates_without_training(tmp_path, tiny_b
     assert "fits the" in result.output and "per epoch on the cache" in result.output
     assert lines[-1].startswith("estimated training time:")
     assert not (tmp_path / "run").exists(), "a dry run writes no run directory"
-    cache = Path(os.environ["TLTK_CACHE"]) / "features"
-    assert not cache.exists() or not any(cache.iterdir()), "nor any cache"
+    assert (set(cache.iterdir()) if cache.exists() else set()) == cached_before, "no cache"
     over = CliRunner().invoke(main, [*args, "--set", "cache_budget_gb=0.0001"])
     assert over.exit_code == 0, over.output
     assert "MB over the cache budget of 0.1 MB" in over.output
