@@ -12,7 +12,8 @@ import importlib
 import sys
 
 BENCHMARKS = {"b1": "b1_augment", "b2": "b2_feature_cache", "b3": "b3_pipeline",
-              "b4": "b4_extraction", "b5": "b5_time_to_accuracy", "b6": "b6_recipes"}
+              "b4": "b4_extraction", "b5": "b5_time_to_accuracy", "b6": "b6_recipes",
+              "b7": "b7_cache_memory", "b8": "b8_cached_finetune"}
 
 
 def main(argv: list[str]) -> None:

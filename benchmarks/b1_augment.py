@@ -21,6 +21,7 @@ from keras.src.legacy.preprocessing.image import ImageDataGenerator
 from benchmarks._common import report_ratio, timeit
 from tltk.config import AugmentConfig
 from tltk.data.augment import RandomAffine
+from tltk.engine import streams
 
 NAME = "b1_augment"
 IMAGE_SIZE = 224
@@ -53,14 +54,16 @@ def idg_flow(x: np.ndarray, params: dict, batches: int):
 
 
 def tltk_tf_data(x: np.ndarray, params: dict, batches: int):
-    layer = RandomAffine(**params, seed=SEED)
-    # tltk's pipeline holds decoded images as uint8 (the same pixel values IDG gets as
-    # float32) and warps them as uint8, which is what this measures.
+    augment = streams.seeded_augment(RandomAffine(**params, seed=SEED))
+    # tltk's training stream: decoded images held once as uint8 (the same pixel values
+    # IDG gets as float32), shuffled indices, whole batches gathered from the array and
+    # warped as uint8 with a per-batch seed; what a fine-tuning epoch on images runs.
     # Finite, and iterated afresh per measurement: an endless prefetching pipeline would
     # keep augmenting in the background while the other pipelines are being timed.
-    ds = (tf.data.Dataset.from_tensor_slices(x.astype(np.uint8)).batch(BATCH_SIZE)
-          .map(lambda b: layer(b, training=True), num_parallel_calls=tf.data.AUTOTUNE)
-          .prefetch(tf.data.AUTOTUNE))
+    images = x.astype(np.uint8)
+    gather = streams.array_gather(images, np.zeros(len(images), np.int32))
+    ds = streams.epoch_stream(tf.data.Dataset.range(len(images)), len(images), BATCH_SIZE,
+                              SEED, 0, 1, len(images), augment, gather=gather)
 
     def run():
         for _ in ds:

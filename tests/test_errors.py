@@ -51,11 +51,13 @@ CASES = {
                          "--strategy: unknown name 'mirored'; did you mean 'mirrored'?"),
     "malformed yaml": (["train", "demo", "--config", "{root}/bad.yaml"],
                        "{root}/bad.yaml: malformed YAML (line 2); fix the file's syntax"),
-    "zero epochs": (["train", "demo", "--epochs-head", "0"],
-                    "stage 'train': epochs must be a positive integer (got 0); "
-                    "set --epochs-head/--epochs-finetune"),
+    # One stage at 0 epochs is skipped; all of them at 0 leaves nothing to train.
+    "zero epochs": (["train", "demo", "--epochs-head", "0", "--epochs-finetune", "0"],
+                    "every stage has 0 epochs, so nothing would train; give at least one "
+                    "stage epochs (--epochs-head / --epochs-finetune)"),
     "negative epochs": (["train", "demo", "--epochs-finetune", "-2"],
-                        "stage 'anneal': epochs must be a positive integer (got -2)"),
+                        "stage 'anneal': epochs must be 0 (skip the stage) or a positive "
+                        "integer (got -2)"),
     "zero batch size": (["train", "demo", "--batch-size", "0"],
                         "--batch-size must be a positive integer"),
     "negative batch size": (["train", "demo", "--batch-size", "-8"],

@@ -104,6 +104,8 @@ def _overrides(**flags) -> dict:
         out["jit"] = True
     if flags.get("deterministic"):
         out["deterministic"] = True
+    if flags.get("no_v2"):
+        out["data.v2"] = False
     return out
 
 
@@ -138,9 +140,10 @@ run_options = _options(click.option("--batch-size", type=int), click.option("--s
 config_option = click.option("--config", "config_file", type=click.Path(),
                              help="YAML config to start from (instead of the recipe's).")
 epochs_options = _options(
-    click.option("--epochs-head", type=int, help="Epochs of the first (bottleneck) stage."),
+    click.option("--epochs-head", type=int,
+                 help="Epochs of the first (bottleneck) stage; 0 skips it."),
     click.option("--epochs-finetune", type=int,
-                 help="Epochs of every later (fine-tuning) stage."))
+                 help="Epochs of every later (fine-tuning) stage; 0 skips them."))
 set_option = click.option(
     "--set", "sets", multiple=True, metavar="KEY=VALUE",
     help="Override any config key, e.g. stages.finetune.schedule=cosine (repeatable).")
@@ -168,6 +171,8 @@ def _config(recipe, config_file, flags, sets=(), **stage_fields):
 @run_options
 @click.option("--data-dir", help="tfds data_dir holding prepared tfds datasets.")
 @click.option("--dataset", help="Dataset source: demo, folder, flowers, dogs, dogs-v2.")
+@click.option("--no-v2", is_flag=True, default=None,
+              help="dogs: evaluate without the ImageNetV2 'v2' split (recorded in config.yaml).")
 @epochs_options
 @config_option
 @click.option("--out", help="Run directory (default runs/<recipe>-<backbone>-<time>).")
@@ -186,9 +191,12 @@ def _config(recipe, config_file, flags, sets=(), **stage_fields):
                    "(gradual), or one block at a time, then all (chain-thaw).")
 @click.option("--unfreeze-blocks", type=int, default=3, show_default=True,
               help="How many top blocks --unfreezing thaws.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan, cache sizes against the memory budget and estimated "
+                   "times per stage (from a few timed batches); train nothing.")
 @set_option
 def train(ctx, recipe, config_file, epochs_head, epochs_finetune, cache_features, resume_dir,
-          mixup, unfreezing, unfreeze_blocks, sets, **flags):
+          mixup, unfreezing, unfreeze_blocks, sets, dry_run, **flags):
     """Train RECIPE (see `tltk recipes`) and evaluate best and final weights.
 
     Rerunning with the same --out continues an interrupted run, as does --resume RUN_DIR.
@@ -210,6 +218,11 @@ def train(ctx, recipe, config_file, epochs_head, epochs_finetune, cache_features
         config = _config(recipe, config_file, flags, sets, mixup=mixup, **stage_fields)
         if unfreezing:
             config = restage(config, unfreezing, unfreeze_blocks)
+    if dry_run:
+        from tltk.engine.dryrun import dry_run as plan
+
+        plan(config, say=click.echo)
+        return
     # Ctrl-C leaves the run directory resumable; the hint names it (see TltkGroup).
     train_config(config, on_start=lambda run: ctx.obj.update(run_dir=str(run.path)))
 
@@ -521,7 +534,18 @@ def recipes():
 
 @main.group("data")
 def data_group():
-    """Inspect datasets (see `tltk data describe --help`)."""
+    """Prepare and inspect datasets (see `tltk data prepare --help`, `... describe --help`)."""
+
+
+@data_group.command("prepare")
+@click.argument("dataset", type=click.Choice(["dogs", "dogs-v2", "flowers"]))
+@click.option("--data-dir", help="tfds data_dir to build into (default: tfds' own, "
+              "~/tensorflow_datasets or $TFDS_DATA_DIR).")
+def data_prepare(dataset, data_dir):
+    """Download and build DATASET with tfds, ready for `tltk train --data-dir`."""
+    from tltk.data.prepare import prepare
+
+    click.echo(f"prepared {dataset} in {prepare(dataset, data_dir)}")
 
 
 @data_group.command("describe")

@@ -49,6 +49,9 @@ class DataConfig:
     # runs that differ only in seed (repeats, ensembles) hold the same val and test
     # images. None: follow the run's seed (older configs saved it that way).
     split_seed: int | None = 0
+    # dogs: also evaluate on `v2`, ImageNetV2's dog classes (needs imagenet_v2 prepared;
+    # CLI --no-v2 turns it off).
+    v2: bool = True
 
 
 @dataclass
@@ -90,7 +93,7 @@ class AugmentConfig:
 
 @dataclass
 class StageConfig:
-    """One training stage, declared as data.
+    """One training stage, declared as data; a stage of 0 epochs is skipped.
 
     `lr_steps` lists `[epoch, lr]` pairs: from that (stage-local, 0-based) epoch on,
     the learning rate is `lr`, e.g. `[[25, 0.001]]` after 25 epochs at `lr`.
@@ -143,9 +146,10 @@ class StageConfig:
         from tltk.optim.discriminative import OPTIMIZERS
         from tltk.optim.schedules import make_lr
 
-        if self.epochs <= 0:
-            raise TltkError(f"stage '{self.name}': epochs must be a positive integer "
-                            f"(got {self.epochs}); set --epochs-head/--epochs-finetune")
+        if self.epochs < 0:
+            raise TltkError(f"stage '{self.name}': epochs must be 0 (skip the stage) or a "
+                            f"positive integer (got {self.epochs}); set "
+                            "--epochs-head/--epochs-finetune")
         OPTIMIZERS.get(self.optimizer, argument=f"stages.{self.name}.optimizer")
         if self.lr <= 0:
             raise TltkError(f"stage '{self.name}': lr must be positive (got {self.lr})")
@@ -197,6 +201,9 @@ class RunConfig:
     # (keras.layers.RandAugment, 2 ops at strength `randaugment_factor`).
     augment_policy: str = "affine"
     randaugment_factor: float = 0.5
+    # Memory (GB) cached features may take, transient batches included; None: 70 % of
+    # the memory available when the stage starts (see tltk.engine.features.cache_budget).
+    cache_budget_gb: float | None = None
 
     def __post_init__(self):
         self.stages = [s if isinstance(s, StageConfig) else _build(StageConfig, s, "stages")
@@ -269,12 +276,17 @@ class RunConfig:
                   (self.augment_policy in AUGMENT_POLICIES,
                    f"augment_policy must be {' or '.join(AUGMENT_POLICIES)}"),
                   (0 <= self.randaugment_factor <= 1,
-                   "randaugment_factor must lie in [0, 1], e.g. 0.5")]
+                   "randaugment_factor must lie in [0, 1], e.g. 0.5"),
+                  (self.cache_budget_gb is None or self.cache_budget_gb > 0,
+                   "cache_budget_gb must be a positive number of GB (or unset)")]
         for ok, message in checks:
             if not ok:
                 raise TltkError(message)
         for stage in self.stages:
             stage.validate()
+        if not any(stage.epochs for stage in self.stages):
+            raise TltkError("every stage has 0 epochs, so nothing would train; give at least "
+                            "one stage epochs (--epochs-head / --epochs-finetune)")
         names = [stage.name for stage in self.stages]
         if len(set(names)) != len(names):
             raise TltkError(f"stage names must be unique (got {names}); rename the repeated one")

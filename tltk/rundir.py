@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import io
 import json
 import os
 import tempfile
@@ -123,9 +122,9 @@ def write_csv(path: Path, frame: pd.DataFrame) -> None:
 
 
 def write_npz(path: Path, **arrays) -> None:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    write_bytes(path, buffer.getvalue())
+    """Save arrays to an `.npz` atomically, streamed to disk (no copy in memory)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        np.savez(file, **arrays)
 
 
 # --- reading back ----------------------------------------------------------------

@@ -7,7 +7,6 @@ and the v2 relabelling line up.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -115,17 +114,20 @@ def test_imagenet_dog_mapping_is_one_to_one():
         imagenet_to_dogs(imagenet.names, dogs + ["n99999999"])
 
 
-def test_dogs_without_imagenet_v2_warns_once_and_goes_on(caplog):
+def test_dogs_without_imagenet_v2_fails_unless_v2_is_turned_off():
     splits = fake_splits()
     del splits["imagenet_v2"]
-    with mocked(splits), caplog.at_level(logging.WARNING):
-        ds = load_dogs(DataConfig(dataset="dogs"), seed=0)
+    with mocked(splits):
+        with pytest.raises(TltkError) as info:
+            load_dogs(DataConfig(dataset="dogs"), seed=0)
+        ds = load_dogs(DataConfig(dataset="dogs", v2=False), seed=0)
         with pytest.raises(TltkError, match="imagenet_v2/matched-frequency"):
             v2_split(DataConfig(dataset="dogs-v2"), dog_wnids(tfds_builder("stanford_dogs",
                                                                             None)))
-    assert "v2" not in ds.splits and set(ds.splits) == {"train", "val", "test"}
-    lines = [r.getMessage() for r in caplog.records if r.name == "tltk.data.tfds_sources"]
-    assert len(lines) == 1 and "without the ImageNetV2 'v2' split" in lines[0]
+    message = str(info.value)
+    assert "\n" not in message and "tltk data prepare dogs-v2" in message
+    assert "--no-v2" in message and "imagenet_v2/matched-frequency" in message
+    assert set(ds.splits) == {"train", "val", "test"}
 
 
 @pytest.mark.parametrize("test_fraction", [0.0, 0.2])
@@ -158,6 +160,7 @@ def test_missing_data_is_one_clear_error(tmp_path, dataset, full_name):
     message = str(info.value)
     assert "\n" not in message and full_name in message and str(tmp_path) in message
     assert "--data-dir" in message and not any(tmp_path.iterdir())  # nothing downloaded
+    assert f"tltk data prepare {dataset} --data-dir {tmp_path}" in message
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +189,8 @@ def prepared_dogs(tmp_path_factory):
 
 
 def test_dogs_reads_real_prepared_tfds_data(prepared_dogs):
-    ds = load_dogs(DataConfig(dataset="dogs", path=str(prepared_dogs)), seed=0)
+    # Only stanford_dogs is prepared there, so v2 is turned off (else it is an error).
+    ds = load_dogs(DataConfig(dataset="dogs", path=str(prepared_dogs), v2=False), seed=0)
     assert ds.class_names[:2] == ["chihuahua", "japanese_spaniel"]  # from the metadata
     assert {k: len(v) for k, v in ds.splits.items()} == {"train": 3, "val": 90, "test": 60}
     for split in ds.splits.values():

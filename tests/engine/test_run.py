@@ -98,7 +98,7 @@ def test_cached_feature_stage_metrics_equal_the_whole_models(tmp_path, tiny_back
     # metrics.csv comes from the whole saved model on images.
     assert metrics.loc[("final", "val"), "top1"] == pytest.approx(
         100 * history["val_top1"].iloc[-1], abs=0.01)
-    assert list((Path(os.environ["TLTK_CACHE"]) / "features").glob("*.npz")), "cached on disk"
+    assert list((Path(os.environ["TLTK_CACHE"]) / "features").glob("*.npy")), "cached on disk"
 
 
 @pytest.mark.slow
@@ -106,17 +106,19 @@ def test_feature_cache_is_reused_and_keyed(tmp_path, tiny_backbone):
     cache_dir = Path(os.environ["TLTK_CACHE"]) / "features"
     stages = [StageConfig("bottleneck", epochs=1, unfreeze=0, augment=False)]
     train(tiny(tmp_path / "a", stages, backbone="tiny"), verbose=False)
-    first = set(cache_dir.glob("*.npz"))
+    first = set(cache_dir.glob("*.npy"))
     train(tiny(tmp_path / "b", stages, backbone="tiny"), verbose=False)
-    assert set(cache_dir.glob("*.npz")) == first, "a second identical run reuses the cache"
+    assert set(cache_dir.glob("*.npy")) == first, "a second identical run reuses the cache"
     other = tiny(tmp_path / "c", stages, backbone="tiny").override({"data.image_size": 40})
     train(other, verbose=False)
-    assert len(set(cache_dir.glob("*.npz")) - first) == 2, "a new image size rebuilds"
+    assert len(set(cache_dir.glob("*.npy")) - first) == 2, "a new image size rebuilds"
 
 
 def test_bad_settings_are_one_line_errors(tmp_path):
     good = StageConfig("s", epochs=1, unfreeze="all")
-    with pytest.raises(TltkError, match="epochs must be a positive integer"):
+    with pytest.raises(TltkError, match=r"epochs must be 0 \(skip the stage\) or a positive"):
+        train(tiny(tmp_path, [StageConfig("s", epochs=-1)]), verbose=False)
+    with pytest.raises(TltkError, match="every stage has 0 epochs"):  # 0 alone skips all
         train(tiny(tmp_path, [StageConfig("s", epochs=0)]), verbose=False)
     with pytest.raises(TltkError, match="--batch-size"):
         train(tiny(tmp_path, [good]).override({"batch_size": -1}), verbose=False)

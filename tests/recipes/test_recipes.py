@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from tests.conftest import mocked
@@ -40,6 +41,8 @@ def test_recipe_configs_follow_the_thesis_protocol():
     assert (bottleneck.unfreeze, bottleneck.optimizer) == (0, "adam")
     assert (finetune.optimizer, finetune.lr, finetune.momentum, finetune.unfreeze) == \
         ("sgd", 1e-4, 0.9, 1)
+    # The fast, exact CPU protocol: block5 tunes on cached activations of K views.
+    assert (finetune.cache_features, finetune.feature_views) == (True, dogs.FEATURE_VIEWS)
     cfg = flowers.config()
     assert (cfg.data.val_fraction, cfg.data.test_fraction) == (0.3, 0.0)
     assert (cfg.backbone, cfg.head.layers, cfg.head.units) == ("vgg19", 1, 256)
@@ -60,9 +63,26 @@ def test_tltk_recipes_lists_each_recipe_on_one_line():
         assert line.endswith(get_recipe(name).SUMMARY)
 
 
+def reference_checking(get, checked: list):
+    """Wrap `FeatureCache.get`: the streamed cache must equal the in-memory extraction."""
+    def checked_get(self, extractor, split, key, make_inputs, views, desc=""):
+        streamed = get(self, extractor, split, key, make_inputs, views, desc)
+        reference = np.stack([extractor.predict(make_inputs(v), verbose=0)
+                              for v in range(views)])
+        np.testing.assert_allclose(streamed, reference.astype(streamed.dtype), rtol=1e-3,
+                                   atol=1e-3)
+        checked.append((extractor.output_shape[1:], views))
+        return streamed
+
+    return checked_get
+
+
 @pytest.mark.slow
-def test_tltk_train_dogs_vgg19_runs_the_thesis_protocol(tmp_path):
-    out = tmp_path / "dogs-vgg19"
+def test_tltk_train_dogs_vgg19_runs_the_thesis_protocol(tmp_path, monkeypatch):
+    from tltk.engine.features import FeatureCache
+
+    out, checked = tmp_path / "dogs-vgg19", []
+    monkeypatch.setattr(FeatureCache, "get", reference_checking(FeatureCache.get, checked))
     with mocked(dog_splits()):
         result = CliRunner().invoke(main, [
             "train", "dogs", "--backbone", "vgg19", "--weights", "none", "--image-size", "32",
@@ -78,6 +98,35 @@ def test_tltk_train_dogs_vgg19_runs_the_thesis_protocol(tmp_path):
     bottleneck, finetune = stages_run(out)
     assert bottleneck["cached_features"] == "pooled"
     assert (finetune["optimizer"], finetune["trainable_blocks"]) == ("SGD", ["block5"])
+    # Fine-tuning ran at the full cut (block4_pool) on K streamed views + plain val.
+    assert finetune["cached_features"] == "activations"
+    assert ((2, 2, 512), dogs.FEATURE_VIEWS) in checked and ((2, 2, 512), 1) in checked
+
+
+@pytest.mark.slow
+def test_dogs_without_v2_fails_unless_no_v2_and_a_0_epoch_stage_is_skipped(tmp_path,
+                                                                         tiny_backbone):
+    splits = dog_splits()
+    del splits["imagenet_v2"]
+    args = ["train", "dogs", "--backbone", "tiny", "--weights", "none",
+            "--image-size", "32", "--epochs-head", "1", "--epochs-finetune", "0",
+            "--batch-size", "16", "--out", str(tmp_path / "run")]
+    with mocked(splits):
+        refused = CliRunner().invoke(main, args)
+        assert refused.exit_code == 2 and "tltk data prepare dogs-v2" in refused.output
+        assert "--no-v2" in refused.output and not (tmp_path / "run").exists()
+        result = CliRunner().invoke(main, [*args, "--no-v2"])
+    assert result.exit_code == 0, result.output
+    assert "stage finetune: skipped (0 epochs)" in result.output
+    run = tmp_path / "run"
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["v2"] is False
+    assert set(pd.read_csv(run / "metrics.csv")["split"]) == {"val", "test"}
+    report = (run / "report.md").read_text()
+    assert "Splits evaluated: val, test." in report and "--no-v2" in report
+    assert [s.get("skipped", False) for s in stages_run(run)] == [False, True]
+    assert set(pd.read_csv(run / "history.csv")["stage"]) == {"bottleneck"}
+    everything_off = CliRunner().invoke(main, [*args, "--no-v2", "--epochs-head", "0"])
+    assert everything_off.exit_code == 2 and "every stage has 0 epochs" in everything_off.output
 
 
 @pytest.mark.slow

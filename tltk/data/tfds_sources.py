@@ -1,8 +1,9 @@
 """Datasets from tensorflow-datasets: `dogs`, `dogs-v2` and `flowers`.
 
 All three read already prepared tfds data from `cfg.path` (the tfds `data_dir`, CLI
-`--data-dir`; default: tfds' own, `~/tensorflow_datasets` or `$TFDS_DATA_DIR`). Nothing
-is downloaded: missing data is a `TltkError` naming the folder to put it in. Labels are
+`--data-dir`; default: tfds' own, `~/tensorflow_datasets` or `$TFDS_DATA_DIR`). Training
+never downloads: missing data is a `TltkError` naming the folder and the command that
+builds it, `tltk data prepare` (see `tltk.data.prepare`). Labels are
 read without decoding images, so splitting is fast; images are decoded only while a
 split streams (`Split.source()`).
 
@@ -11,8 +12,9 @@ split streams (`Split.source()`).
   and 20 for test, the rest for training (seeded). `split: official` keeps tfds'
   train/test and carves a stratified validation split of `val_fraction` from train.
   Class names are the breed names (`chihuahua`, `siberian_husky`, ...); `dog_wnids`
-  gives their WordNet ids. When `imagenet_v2` is prepared too, the Dataset gains a
-  `v2` split (see below) that every run evaluates on.
+  gives their WordNet ids. The Dataset also has a `v2` split (see below) that every
+  run evaluates on; it needs `imagenet_v2` prepared (`tltk data prepare dogs-v2`), and
+  is left out only when `cfg.v2` is false (CLI `--no-v2`), never silently.
 * `dogs-v2` (tfds `imagenet_v2`, config `matched-frequency`): the images of the 120
   Stanford Dogs classes, relabelled to the `dogs` class order by WordNet id; a
   test-only Dataset (`v2_split` builds its one split).
@@ -34,7 +36,6 @@ Example::
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +44,6 @@ import tensorflow as tf
 from tltk.data import register
 from tltk.data.core import AUTOTUNE, Dataset, Split, fingerprint, stratified_indices
 from tltk.errors import TltkError
-
-log = logging.getLogger(__name__)
 
 DOGS = "stanford_dogs"
 DOGS_V2 = "imagenet_v2/matched-frequency"
@@ -64,15 +63,24 @@ def tfds_builder(name: str, data_dir: str | None):
     return tfds.builder(name, data_dir=str(Path(data_dir).expanduser()) if data_dir else None)
 
 
+# What `tltk data prepare NAME` builds: tltk dataset name -> tfds name.
+PREPARE = {"dogs": DOGS, "dogs-v2": DOGS_V2, "flowers": FLOWERS}
+
+
+def _data_root(builder) -> Path:
+    """The tfds data_dir a builder reads from (its own data_dir is NAME/[CONFIG/]VERSION)."""
+    return Path(builder.data_dir).parents[builder.info.full_name.count("/")]
+
+
 def _not_prepared(builder) -> DataNotPrepared:
     full = builder.info.full_name  # e.g. stanford_dogs/0.2.0
     name = full.rsplit("/", 1)[0]
-    root = Path(builder.data_dir).parents[full.count("/")]
+    dataset = {tfds: ours for ours, tfds in PREPARE.items()}.get(name, name)
+    root = _data_root(builder)
     return DataNotPrepared(
-        f"--data-dir: tfds dataset '{full}' is not prepared in {root}; put the prepared "
-        f"files in {builder.data_dir} (e.g. run `tfds build {name} --data_dir {root}` on a "
-        "machine with internet access and copy the folder over), then pass --data-dir "
-        f"{root}")
+        f"--data-dir: tfds dataset '{full}' is not prepared in {root}; run `tltk data "
+        f"prepare {dataset} --data-dir {root}` (it downloads; offline, put the prepared "
+        f"files in {builder.data_dir}), then pass --data-dir {root}")
 
 
 def read_tfds(builder, split: str, decoders=None) -> tf.data.Dataset:
@@ -186,12 +194,20 @@ def load_dogs(cfg, seed: int = 0) -> Dataset:
     else:
         raise TltkError(f"data.split: unknown split '{cfg.split}' for dogs; "
                         "use default (thesis: 30 val + 20 test per class) or official")
-    try:
-        splits["v2"] = v2_split(cfg, dog_wnids(builder))
-    except DataNotPrepared as exc:
-        log.warning("dogs: evaluating without the ImageNetV2 'v2' split (%s)",
-                    str(exc).split(";")[0].removeprefix("--data-dir: "))
+    if cfg.v2:
+        splits["v2"] = _dogs_v2(cfg, builder)
     return Dataset(name="dogs", class_names=dog_breeds(builder), splits=splits)
+
+
+def _dogs_v2(cfg, builder) -> Split:
+    try:
+        return v2_split(cfg, dog_wnids(builder))
+    except DataNotPrepared:
+        root = _data_root(builder)
+        raise DataNotPrepared(
+            f"dogs: the ImageNetV2 'v2' split needs tfds '{DOGS_V2}' prepared in {root}; "
+            f"run `tltk data prepare dogs-v2 --data-dir {root}`, or pass --no-v2 "
+            "(data.v2: false) to evaluate on val and test only") from None
 
 
 # --- dogs-v2 ---------------------------------------------------------------------------

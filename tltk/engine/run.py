@@ -121,10 +121,11 @@ def train(config: RunConfig, verbose: bool = True, on_start=None) -> RunResult:
 
 def _train(config: RunConfig, spec: BackboneSpec, say, strategy=None,
            on_start=None) -> RunResult:
-    from tltk.engine.stage import run_stage
+    from tltk.engine.stage import check_stages, run_stage
 
     ctx = prepare(config, spec, say, strategy)
     try:
+        check_stages(ctx)
         if on_start:
             on_start(ctx.run)
         for stage in ctx.config.stages:

@@ -23,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import math
+import sys
 import time
 
 import keras
@@ -30,10 +31,10 @@ import numpy as np
 import tensorflow as tf
 
 from tltk.config import StageConfig
-from tltk.data.core import images_fit_in_memory, make_pipeline
+from tltk.data.core import decode_split, images_fit_in_memory, make_pipeline
 from tltk.engine import checkpoint, streams
 from tltk.engine.callbacks import NonFiniteLossGuard, NumericalFault, RawWeights
-from tltk.engine.features import FeatureCache, cache_bytes
+from tltk.engine.features import FeatureCache, cache_budget, cache_bytes
 from tltk.engine.run import Context
 from tltk.errors import TltkError
 from tltk.models.backbones import (
@@ -48,8 +49,6 @@ from tltk.optim import discriminative
 from tltk.optim.schedules import make_lr
 from tltk.rundir import save_model
 
-# Cached features must fit in memory beside the model on a modest (24 GB) machine.
-CACHE_BUDGET_BYTES = 6e9
 # Shuffle buffer of a training image stream (decoded images are held in it).
 SHUFFLE_BUFFER = 10_000
 
@@ -61,6 +60,12 @@ def run_stage(ctx: Context, stage: StageConfig) -> None:
     the middle of continues after its last committed epoch.
     """
     if stage.name in ctx.done:
+        return
+    if not stage.epochs:
+        ctx.log(f"stage {stage.name}: skipped (0 epochs)")
+        checkpoint.complete_stage(ctx.run, stage.name, ctx.model, ctx.trackers,
+                                  {"name": stage.name, "skipped": True, "epochs": 0,
+                                   "seconds": 0.0})
         return
     backbone = backbone_of(ctx.model)
     blocks = set_trainable(backbone, ctx.spec, stage.unfreeze, batchnorm=stage.batchnorm)
@@ -84,6 +89,39 @@ def run_stage(ctx: Context, stage: StageConfig) -> None:
     _record_stage(ctx, stage, blocks, cache, fitted.optimizer, seconds)
 
 
+def stage_plan(ctx: Context, stage: StageConfig, strict: bool = True) -> dict:
+    """What `run_stage` will do: trainable blocks and weights, and the cache it builds.
+
+    Sets the model's trainable flags as the stage will (`run_stage` sets them again).
+    A requested cache over the budget raises (see `check_cache_budget`) when `strict`.
+
+    Example:
+        >>> stage_plan(ctx, ctx.config.stage("finetune"))["cache"]
+        {'kind': 'activations', 'cut': 'block4_pool', 'views': 4, 'bytes': 12.4e9, ...}
+    """
+    blocks = set_trainable(backbone_of(ctx.model), ctx.spec, stage.unfreeze)
+    freeze_head_batchnorm(ctx.model, frozen=bool(blocks) and ctx.spec.pretrained)
+    trainable = sum(int(np.prod(w.shape)) for w in ctx.model.trainable_weights)
+    plan = {"blocks": blocks, "trainable": trainable, "cache": None}
+    kind = _use_cache(ctx, stage, blocks)
+    if kind:
+        lower, _, cut = split_at_blocks(ctx.model, ctx.spec, [] if kind == "pooled" else blocks)
+        shape, views = tuple(lower.output_shape[1:]), stage.feature_views if stage.augment else 1
+        splits = ctx.dataset.splits
+        plan["cache"] = {"kind": kind, "cut": cut, "shape": shape, "views": views,
+                         "bytes": cache_bytes(shape, len(splits["train"]) * views
+                                              + len(splits["val"]), ctx.config.batch_size),
+                         "over": check_cache_budget(ctx, stage, shape, views, strict)}
+    return plan
+
+
+def check_stages(ctx: Context) -> None:
+    """Fail before any training when a stage's requested cache cannot fit the budget."""
+    for stage in ctx.config.stages:
+        if stage.name not in ctx.done and stage.epochs:
+            stage_plan(ctx, stage)
+
+
 def freeze_head_batchnorm(model: keras.Model, frozen: bool) -> None:
     """While backbone blocks are tuned, the head's BatchNorm keeps its statistics too.
 
@@ -105,11 +143,12 @@ def _use_cache(ctx: Context, stage: StageConfig, blocks) -> str | None:
     """
     frozen = ctx.spec.pretrained and not blocks
     wanted = frozen if stage.cache_features is None else stage.cache_features
-    if not wanted:
+    # A scratch backbone trains whole, so a recipe's caching default cannot apply.
+    if not wanted or not ctx.spec.pretrained:
         return None
     if frozen:
         return "pooled"
-    if not ctx.spec.pretrained or resolve_unfreeze(ctx.spec, stage.unfreeze) == "all":
+    if resolve_unfreeze(ctx.spec, stage.unfreeze) == "all":
         raise TltkError(f"stage '{stage.name}': cache_features needs a frozen part below "
                         "the trained blocks; unfreeze fewer blocks or set cache_features false")
     return "activations"
@@ -256,6 +295,18 @@ def _augmenter(ctx: Context, stage: StageConfig, seed: int):
     return streams.seeded_augment(make_augmenter(ctx.config, seed))
 
 
+def progress_bar(stream=None) -> int:
+    """Keras's `verbose`: its per-step bar with an ETA on a terminal (long epochs), else
+    0 and only `EpochLogger`'s one line per epoch (logs and notebooks stay readable).
+
+    Example:
+        >>> progress_bar(io.StringIO())
+        0
+    """
+    stream = stream or sys.stdout
+    return 1 if getattr(stream, "isatty", lambda: False)() else 0
+
+
 def _fit(ctx: Context, stage: StageConfig, fitted: keras.Model, steps: int, make_train,
          val_ds, frozen: str | None = None) -> keras.Model:
     """Compile `fitted`, continue after the stage's last committed epoch, fit the rest.
@@ -282,7 +333,8 @@ def _fit(ctx: Context, stage: StageConfig, fitted: keras.Model, steps: int, make
     try:
         fitted.fit(make_train(first), validation_data=_validation(ctx, stage, val_ds),
                    epochs=stage.epochs,
-                   initial_epoch=first, steps_per_epoch=steps, verbose=0, shuffle=False,
+                   initial_epoch=first, steps_per_epoch=steps, verbose=progress_bar(),
+                   shuffle=False,
                    callbacks=[*ctx.callbacks, commit, guard, *([raw] if raw else [])],
                    class_weight=class_weights(ctx))
     except NumericalFault:
@@ -315,23 +367,29 @@ def _fit_on_images(ctx: Context, stage: StageConfig) -> keras.Model:
     cfg = ctx.config
     train = ctx.dataset.splits["train"]
     steps = math.ceil(len(train) / cfg.batch_size)
-    fits = images_fit_in_memory(len(train), ctx.image_size)
-    # Decoded, resized and cached once; every epoch then shuffles with its own seed.
-    examples = make_pipeline(train, ctx.image_size, cfg.batch_size, training=False,
-                             seed=cfg.seed, resize_policy=cfg.data.resize,
-                             cache=cfg.data.cache_images and fits).unbatch()
-    # Pixels are whole 0..255 levels: as uint8 the shuffle buffer takes a quarter of the
-    # memory, and the augmenter warps uint8 batches (it returns float32).
-    examples = examples.map(lambda x, y: (tf.cast(x, tf.uint8), y))
+    fits = cfg.data.cache_images and images_fit_in_memory(len(train), ctx.image_size)
     augment = _augmenter(ctx, stage, cfg.seed) or (lambda x, _: tf.cast(x, tf.float32))
     val_ds = make_pipeline(ctx.dataset.splits["val"], ctx.image_size, cfg.batch_size,
                            training=False, seed=cfg.seed, resize_policy=cfg.data.resize,
-                           cache=cfg.data.cache_images and fits)
+                           cache=fits)
+    if fits:
+        # Decoded and resized once into one uint8 array; every epoch shuffles indices
+        # with its own seed and gathers whole batches from it (no shuffle buffer of images).
+        images = decode_split(train, ctx.image_size, cfg.batch_size, cfg.data.resize)
+        examples, gather = tf.data.Dataset.range(len(train)), streams.array_gather(
+            images, train.labels)
+    else:
+        # Pixels are whole 0..255 levels: as uint8 the shuffle buffer takes a quarter of
+        # the memory, and the augmenter warps uint8 batches (it returns float32).
+        examples = make_pipeline(train, ctx.image_size, cfg.batch_size, training=False,
+                                 seed=cfg.seed, resize_policy=cfg.data.resize,
+                                 cache=False).unbatch()
+        examples, gather = examples.map(lambda x, y: (tf.cast(x, tf.uint8), y)), None
 
     def make_train(first: int) -> tf.data.Dataset:
         return streams.epoch_stream(examples, len(train), cfg.batch_size, cfg.seed, first,
                                    stage.epochs, min(len(train), SHUFFLE_BUFFER), augment,
-                                   _mixer(ctx, stage))
+                                   _mixer(ctx, stage), gather=gather)
 
     # The classifier runs a pretrained backbone in inference mode; BatchNorm that trains
     # needs the backbone called in training mode, in a view sharing every layer.
@@ -341,16 +399,52 @@ def _fit_on_images(ctx: Context, stage: StageConfig) -> keras.Model:
     return _fit(ctx, stage, fitted, steps, make_train, val_ds)
 
 
+def check_cache_budget(ctx: Context, stage: StageConfig, shape: tuple, views: int,
+                       strict: bool = True) -> str | None:
+    """None when the stage's cache fits the memory budget, else why it does not.
+
+    A stage that asked for caching (`cache_features: true`) fails instead (when
+    `strict`), saying by how much the cache is over and what to change.
+    """
+    splits = ctx.dataset.splits
+    need = cache_bytes(shape, len(splits["train"]) * views + len(splits["val"]),
+                       ctx.config.batch_size)
+    budget = cache_budget(ctx.config.cache_budget_gb)
+    if need <= budget:
+        return None
+    name = stage.name
+    why = (f"stage '{name}': cached features would need {_size(need)}, "
+           f"{_size(need - budget)} over the cache budget of {_size(budget)}")
+    if stage.cache_features and strict:
+        raise TltkError(f"{why}; raise it with --set cache_budget_gb=GB if the memory is "
+                        f"there, lower stages.{name}.feature_views (now {views}), or set "
+                        f"stages.{name}.cache_features=false to train on images")
+    return why
+
+
+def _size(nbytes: float) -> str:
+    """Bytes as GB, or MB below 1 GB.
+
+    Example:
+        >>> _size(12.43e9), _size(5.2e6)
+        ('12.43 GB', '5.2 MB')
+    """
+    return f"{nbytes / 1e9:.2f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.1f} MB"
+
+
 def _fit_on_features(ctx: Context, stage: StageConfig, blocks: list[str]) -> keras.Model:
-    """Fit the part above the frozen cut on cached features of K augmented views."""
+    """Fit the part above the frozen cut on cached features of K augmented views.
+
+    The caches stay memory-mapped on disk: training shuffles indices and gathers each
+    batch from them, so no second copy of the features is made.
+    """
     cfg = ctx.config
     lower, upper, cut = split_at_blocks(ctx.model, ctx.spec, blocks,
                                         train_batchnorm=stage.batchnorm == "train")
     views = stage.feature_views if stage.augment else 1
-    need = cache_bytes(lower.output_shape[1:], len(ctx.dataset.splits["train"]), views)
-    if need > CACHE_BUDGET_BYTES:
-        ctx.log(f"  cached activations would need {need / 1e9:.1f} GB (budget "
-                f"{CACHE_BUDGET_BYTES / 1e9:.0f} GB): training on images instead")
+    over = check_cache_budget(ctx, stage, lower.output_shape[1:], views)
+    if over:
+        ctx.log(f"  {over}: training on images instead")
         return _fit_on_images(ctx, stage)
     frozen = weights_checksum(lower)
     train = _features(ctx, stage, lower, cut, frozen, "train", views)
@@ -358,16 +452,19 @@ def _fit_on_features(ctx: Context, stage: StageConfig, blocks: list[str]) -> ker
     n = train.shape[1]
     labels = ctx.dataset.splits["train"].labels
     steps = math.ceil(n / cfg.batch_size)
-    flat = train.reshape(-1, *train.shape[2:])
-    examples = tf.data.Dataset.from_tensor_slices((flat, np.tile(labels, views)))
-    val_ds = tf.data.Dataset.from_tensor_slices((val, ctx.dataset.splits["val"].labels))
+    flat = train.reshape(-1, *train.shape[2:])  # a view of the memory map, not a copy
+    # Half-precision activations are widened per batch: CPU kernels are float32.
+    gather = streams.array_gather(flat, np.tile(labels, views), tf.float32)
+    val_ds = streams.batches(len(val), cfg.batch_size, streams.array_gather(
+        val, ctx.dataset.splits["val"].labels, tf.float32))
 
     def make_train(first: int) -> tf.data.Dataset:
         # Every epoch draws n samples from all views, so an epoch means the same as on images.
-        return streams.epoch_stream(examples, n, cfg.batch_size, cfg.seed, first, stage.epochs,
-                                   n * views, mix=_mixer(ctx, stage))
+        return streams.epoch_stream(tf.data.Dataset.range(n * views), n, cfg.batch_size,
+                                   cfg.seed, first, stage.epochs, n * views,
+                                   mix=_mixer(ctx, stage), gather=gather)
 
-    return _fit(ctx, stage, upper, steps, make_train, val_ds.batch(cfg.batch_size), frozen)
+    return _fit(ctx, stage, upper, steps, make_train, val_ds, frozen)
 
 
 def _features(ctx: Context, stage: StageConfig, lower: keras.Model, cut: str, checksum: str,

@@ -33,14 +33,17 @@ def epoch_seed(seed: int, *keys: int) -> int:
 
 def epoch_stream(examples: tf.data.Dataset, count: int, batch_size: int, seed: int,
                  first: int, epochs: int, buffer: int, augment=None,
-                 mix=None) -> tf.data.Dataset:
+                 mix=None, gather=None) -> tf.data.Dataset:
     """Batches of epochs `first`..`epochs - 1`, each epoch `count` shuffled examples.
 
     Epoch e shuffles with its own seed, so a stream that starts at epoch k (a resume)
     holds the same batches as the tail of one that started at 0. `augment` is a
     `seeded_augment` function; each batch gets the seed (epoch seed, batch index).
     `mix(images, labels, seed)` (e.g. mixup) then runs on the augmented batch with a
-    seed derived from the same pair.
+    seed derived from the same pair. With `gather(indices) -> (x, y)`, `examples`
+    are indices (`tf.data.Dataset.range`): only indices are shuffled, and each batch is
+    gathered whole from arrays held once (no example-by-example copies, no shuffle
+    buffer of images).
     """
     parts = []
     for epoch in range(first, epochs):
@@ -49,6 +52,8 @@ def epoch_stream(examples: tf.data.Dataset, count: int, batch_size: int, seed: i
         # many times (or where, under a distribution strategy) the part was iterated.
         part = examples.shuffle(buffer, seed=part_seed, reshuffle_each_iteration=False)
         part = part.take(count).batch(batch_size)
+        if gather is not None:
+            part = part.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         parts.append(part.enumerate().map(
             lambda i, xy, s=part_seed: (xy[0], xy[1], tf.stack([tf.constant(s, tf.int64), i]))))
     stream = _concatenate(parts)
@@ -64,6 +69,35 @@ def epoch_stream(examples: tf.data.Dataset, count: int, batch_size: int, seed: i
 
     stream = stream.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return stream.prefetch(tf.data.AUTOTUNE)
+
+
+def array_gather(features: np.ndarray, labels: np.ndarray, dtype=None):
+    """`gather(indices) -> (features[indices], labels[indices])` over a (memory-mapped)
+    array, for `epoch_stream` and `batches`: each batch is read from it on demand, and
+    cast to `dtype` when given.
+
+    Example:
+        >>> gather = array_gather(np.zeros((6, 2), np.float16), np.arange(6))
+        >>> [t.shape.as_list() for t in gather(tf.constant([4, 1]))]
+        [[2, 2], [2]]
+    """
+    labels = tf.constant(labels)
+
+    def read(indices):
+        return np.ascontiguousarray(features[indices])
+
+    def gather(indices):
+        x = tf.numpy_function(read, [indices], tf.as_dtype(features.dtype), stateful=False)
+        x.set_shape([None, *features.shape[1:]])
+        return (x if dtype is None else tf.cast(x, dtype)), tf.gather(labels, indices)
+
+    return gather
+
+
+def batches(count: int, batch_size: int, gather) -> tf.data.Dataset:
+    """The `count` examples in order, in batches gathered with `gather` (e.g. validation)."""
+    return (tf.data.Dataset.range(count).batch(batch_size).map(gather)
+            .prefetch(tf.data.AUTOTUNE))
 
 
 def _concatenate(parts: list[tf.data.Dataset]) -> tf.data.Dataset:

@@ -315,9 +315,20 @@ def _summary(run: RunDir, config: dict, class_names: list[str]) -> str:
 def _metrics_section(doc: _Doc, run: RunDir) -> None:
     doc.heading("Accuracy (%)")
     if run.file("metrics.csv").is_file():
-        doc.table(metrics_table(run.metrics()))
+        metrics = run.metrics()
+        doc.table(metrics_table(metrics))
+        doc.para(_evaluated(metrics, run))
     else:
         doc.para("No metrics.csv: the run has not been evaluated yet.")
+
+
+def _evaluated(metrics: pd.DataFrame, run: RunDir) -> str:
+    """Which splits were evaluated, and a left-out `v2` (dogs with --no-v2) said aloud."""
+    text = "Splits evaluated: " + ", ".join(dict.fromkeys(metrics["split"])) + "."
+    data = (_config(run) or {}).get("data") or {}
+    if data.get("dataset") == "dogs" and data.get("v2") is False:
+        text += " ImageNetV2 (v2) not evaluated: the run was started with --no-v2."
+    return text
 
 
 def _curves_section(doc: _Doc, run: RunDir, figures: Path, k: int) -> None:

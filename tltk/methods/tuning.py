@@ -159,7 +159,8 @@ def scale_epochs(config: RunConfig, budget: int) -> RunConfig:
         [5, 2]
     """
     total = sum(s.epochs for s in config.stages)
-    stages = [{**asdict(s), "epochs": max(1, round(s.epochs * budget / total))}
+    # A skipped (0-epoch) stage stays skipped.
+    stages = [{**asdict(s), "epochs": s.epochs and max(1, round(s.epochs * budget / total))}
               for s in config.stages]
     return RunConfig.from_dict({**config.to_dict(), "stages": stages})
 
