@@ -49,8 +49,9 @@ def flowers_split(per_class: int | None = None, val_fraction: float = 0.3,
                   test_fraction: float = 0.0) -> tuple[Dataset, DataConfig]:
     """flowers-128 split stratified with SEED (train optionally subsampled per class).
 
-    Example:
-        >>> dataset, cfg = flowers_split(val_fraction=0.15, test_fraction=0.15)
+    Example::
+
+        dataset, cfg = flowers_split(val_fraction=0.15, test_fraction=0.15)
     """
     require_assets()
     cfg = DataConfig(dataset="folder", path=str(FLOWERS), image_size=IMAGE_SIZE,

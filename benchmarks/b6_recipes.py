@@ -130,9 +130,10 @@ def top1(model: keras.Model, data: Data, split: str, transform) -> float:
 def scores(models: dict, data: Data, transform) -> dict:
     """{"val": {"best": .., "final": ..}, "test": {...}}; a missing model scores None.
 
-    Example:
-        >>> scores({"best": best, "final": None}, data, tltk_resize(160))["test"]["best"]
-        0.7312
+    Example::
+
+        scores({"best": best, "final": None}, data, tltk_resize(160))["test"]["best"]
+        # 0.7312
     """
     return {split: {name: None if model is None else top1(model, data, split, transform)
                     for name, model in models.items()} for split in ("val", "test")}

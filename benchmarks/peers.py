@@ -56,10 +56,11 @@ Each backbone keeps its own input scaling inside the model, so every model takes
 0-255 RGB. Validation batches hold 32 images for every recipe: the batch size of an
 evaluation changes its speed, not its result.
 
-Example:
-    >>> clock = Clock(budget_s=360)
-    >>> trained = PEERS["fastai"](BACKBONES["mobilenetv2"](160), data, clock)
-    >>> trained.recorder.curve[-1]["val_top1"]
+Example::
+
+    clock = Clock(budget_s=360)
+    trained = PEERS["fastai"](BACKBONES["mobilenetv2"](160), data, clock)
+    trained.recorder.curve[-1]["val_top1"]
 """
 
 from __future__ import annotations

@@ -78,9 +78,10 @@ def set_verbose(verbose: bool) -> None:
 def keras_chatter():
     """Turn Python warnings raised inside (Keras loader notices) into DEBUG records.
 
-    Example:
-        >>> with keras_chatter():
-        ...     model.load_weights(path)  # its "Skipping ..." warnings only under --verbose
+    Example::
+
+        with keras_chatter():
+            model.load_weights(path)  # its "Skipping ..." warnings only under --verbose
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

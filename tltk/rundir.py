@@ -176,9 +176,10 @@ def _kind(cls: type) -> str:
 def read_json(path: Path, expect: type | None = None, fix: str = RETRAIN):
     """Parse a JSON file, checking its top-level type.
 
-    Example:
-        >>> read_json(Path("runs/x/classes.json"), list)
-        ['cat', 'dog']
+    Example::
+
+        read_json(Path("runs/x/classes.json"), list)
+        # ['cat', 'dog']
     """
     text = read_text(path, fix)
     try:
@@ -260,8 +261,9 @@ def write_checksum(path: Path) -> None:
 def verify_checksum(path: Path) -> str | None:
     """None when `path` matches its `.sha256` sidecar, else what is wrong.
 
-    Example:
-        >>> verify_checksum(Path("cache/ab12.npz"))  # None: intact
+    Example::
+
+        verify_checksum(Path("cache/ab12.npz"))  # None: intact
     """
     sidecar = checksum_path(path)
     try:

@@ -6,11 +6,12 @@ schedules and the per-block (discriminative) optimizers. `keras.models.load_mode
 then reads tltk's `.keras` files in Keras safe mode. `load_model` also checks the file
 first (a zip whose every member matches its CRC) and returns the run's class names.
 
-Example:
-    >>> import tltk
-    >>> loaded = tltk.load_model("runs/demo")  # or "runs/demo/final.keras"
-    >>> loaded.class_names[:2], loaded.model.output_shape
-    (['circle', 'ellipse'], (None, 6))
+Example::
+
+    import tltk
+    loaded = tltk.load_model("runs/demo")  # or "runs/demo/final.keras"
+    loaded.class_names[:2], loaded.model.output_shape
+    # (['circle', 'ellipse'], (None, 6))
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ class UnsafeModelError(TltkError, ValueError):
 class LoadedModel:
     """A saved tltk model with the class names of its outputs, in label order.
 
-    Example:
-        >>> model, class_names = tltk.load_model("runs/demo")  # it unpacks as a pair
+    Example::
+
+        model, class_names = tltk.load_model("runs/demo")  # it unpacks as a pair
     """
 
     model: keras.Model
@@ -60,8 +62,9 @@ def load_model(path_or_run_dir, weights: str = "best") -> LoadedModel:
     `class_names` comes from the run's classes.json (None for a file outside a run);
     a classes.json that does not match the model's outputs is refused.
 
-    Example:
-        >>> model, names = load_model("runs/demo", weights="final")
+    Example::
+
+        model, names = load_model("runs/demo", weights="final")
     """
     from tltk.rundir import RunDir
 

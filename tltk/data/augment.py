@@ -44,9 +44,10 @@ def make_augmenter(config, seed: int) -> keras.layers.Layer:
     `RandAugment` (2 ops per image at `config.randaugment_factor`). Both take uint8 or
     float 0..255 batches and return float32 0..255.
 
-    Example:
-        >>> make_augmenter(RunConfig(augment_policy="randaugment"), seed=0).num_ops
-        2
+    Example::
+
+        make_augmenter(RunConfig(augment_policy="randaugment"), seed=0).num_ops
+        # 2
     """
     if config.augment_policy == "randaugment":
         return keras.layers.RandAugment(value_range=(0, 255), num_ops=2,

@@ -230,9 +230,10 @@ def decode_split(split: Split, image_size: int, batch_size: int = 32,
                  resize_policy: str = "stretch") -> np.ndarray:
     """A split decoded and resized into one preallocated uint8 array [N, S, S, 3].
 
-    Example:
-        >>> decode_split(dataset.splits["val"], 64).shape
-        (180, 64, 64, 3)
+    Example::
+
+        decode_split(dataset.splits["val"], 64).shape
+        # (180, 64, 64, 3)
     """
     images = np.empty((len(split), image_size, image_size, 3), np.uint8)
     filled = 0

@@ -6,9 +6,10 @@ progress bars) of `stanford_dogs`, `imagenet_v2/matched-frequency` (`dogs-v2`) o
 (`<data_dir>/downloads/manual`, under the names tfds lists) are used instead; when a
 download fails, the one-line error names each file, its URL and that folder.
 
-Example:
-    >>> prepare("flowers", "~/tensorflow_datasets")
-    PosixPath('/home/me/tensorflow_datasets/tf_flowers/3.0.1')
+Example::
+
+    prepare("flowers", "~/tensorflow_datasets")
+    # PosixPath('/home/me/tensorflow_datasets/tf_flowers/3.0.1')
 """
 
 from __future__ import annotations

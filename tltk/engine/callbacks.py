@@ -139,9 +139,10 @@ class RawWeights(keras.callbacks.Callback):
     With an optimizer's `use_ema`, `fit` ends by overwriting the weights with their
     moving average; `values` keeps what training itself reached.
 
-    Example:
-        >>> raw = RawWeights()
-        >>> model.fit(x, y, epochs=3, callbacks=[raw])   # raw.values: epoch 3's weights
+    Example::
+
+        raw = RawWeights()
+        model.fit(x, y, epochs=3, callbacks=[raw])   # raw.values: epoch 3's weights
     """
 
     def __init__(self):

@@ -7,10 +7,11 @@ steps on images, or the extraction of the cut and training steps on its output. 
 estimate is those times scaled to the stage's steps and epochs (evaluation after the
 last stage is not included).
 
-Example:
-    >>> lines = dry_run(dogs.config().override({"data.path": "~/tensorflow_datasets"}))
-    >>> lines[-1]
-    'estimated training time: 4.6 h (from 3 timed batches per stage on this machine)'
+Example::
+
+    lines = dry_run(dogs.config().override({"data.path": "~/tensorflow_datasets"}))
+    lines[-1]
+    # 'estimated training time: 4.6 h (from 3 timed batches per stage on this machine)'
 """
 
 from __future__ import annotations

@@ -95,9 +95,10 @@ def stage_plan(ctx: Context, stage: StageConfig, strict: bool = True) -> dict:
     Sets the model's trainable flags as the stage will (`run_stage` sets them again).
     A requested cache over the budget raises (see `check_cache_budget`) when `strict`.
 
-    Example:
-        >>> stage_plan(ctx, ctx.config.stage("finetune"))["cache"]
-        {'kind': 'activations', 'cut': 'block4_pool', 'views': 4, 'bytes': 12.4e9, ...}
+    Example::
+
+        stage_plan(ctx, ctx.config.stage("finetune"))["cache"]
+        # {'kind': 'activations', 'cut': 'block4_pool', 'views': 4, 'bytes': 12.4e9, ...}
     """
     blocks = set_trainable(backbone_of(ctx.model), ctx.spec, stage.unfreeze)
     freeze_head_batchnorm(ctx.model, frozen=bool(blocks) and ctx.spec.pretrained)
@@ -299,9 +300,10 @@ def progress_bar(stream=None) -> int:
     """Keras's `verbose`: its per-step bar with an ETA on a terminal (long epochs), else
     0 and only `EpochLogger`'s one line per epoch (logs and notebooks stay readable).
 
-    Example:
-        >>> progress_bar(io.StringIO())
-        0
+    Example::
+
+        progress_bar(io.StringIO())
+        # 0
     """
     stream = stream or sys.stdout
     return 1 if getattr(stream, "isatty", lambda: False)() else 0

@@ -123,9 +123,10 @@ def class_wnids(data_cfg, class_names: list[str]) -> list[str]:
 def include_top_file(spec: BackboneSpec, image_size: int) -> str:
     """Keras' file name for the backbone's include-top ImageNet weights.
 
-    Example:
-        >>> include_top_file(get_backbone("vgg19"), 224)
-        'vgg19_weights_tf_dim_ordering_tf_kernels.h5'
+    Example::
+
+        include_top_file(get_backbone("vgg19"), 224)
+        # 'vgg19_weights_tf_dim_ordering_tf_kernels.h5'
     """
     name = (spec.imagenet_file or f"{spec.name}.h5").replace("{size}", str(image_size))
     return re.sub(r"_no_?top(?=\.h5$)", "", name)

@@ -94,9 +94,10 @@ def parse_sizes(text: str) -> list[int | None]:
 def parse_depths(text: str, spec: BackboneSpec) -> list[int | str]:
     """`--freeze "0,2,all"` -> [0, 2, 'all']; a depth is checked against the backbone.
 
-    Example:
-        >>> parse_depths("0,3,all", get_backbone("vgg16"))
-        [0, 3, 'all']
+    Example::
+
+        parse_depths("0,3,all", get_backbone("vgg16"))
+        # [0, 3, 'all']
     """
     depths = []
     for item in _items(text, "--freeze"):
@@ -123,9 +124,10 @@ def unfreeze_for(depth: int | str, spec: BackboneSpec) -> int | str:
     Depth 0 trains every layer, the stem included; depth n >= 1 trains the top
     `len(blocks) - n` named blocks (the stem stays frozen); ALL trains none.
 
-    Example:
-        >>> unfreeze_for(2, get_backbone("vgg16"))
-        3
+    Example::
+
+        unfreeze_for(2, get_backbone("vgg16"))
+        # 3
     """
     if depth == 0:
         return "all"

@@ -116,11 +116,12 @@ def trial_config(base: RunConfig, spec: BackboneSpec, space: SearchSpace, hp) ->
     when their optimizer has momentum, and `finetune_blocks` when they unfreeze blocks
     of a pretrained backbone. The result keeps `base.out`.
 
-    Example:
-        >>> from tltk.recipes import dogs
-        >>> hp = keras_tuner.HyperParameters()  # no trial yet: every value is its default
-        >>> trial_config(dogs.config(), get_backbone("vgg19"), SearchSpace(), hp).head
-        HeadConfig(layers=0, units=64, dropout=0.0)
+    Example::
+
+        from tltk.recipes import dogs
+        hp = keras_tuner.HyperParameters()  # no trial yet: every value is its default
+        trial_config(dogs.config(), get_backbone("vgg19"), SearchSpace(), hp).head
+        # HeadConfig(layers=0, units=64, dropout=0.0)
     """
     head = {"layers": hp.Int("head_layers", *space.head_layers),
             "units": hp.Choice("head_units", list(space.head_units)),

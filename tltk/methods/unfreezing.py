@@ -10,13 +10,14 @@
 Both return plain `StageConfig` lists for a `RunConfig`; any other stage field
 (`momentum`, `schedule`, `block_lr_decay`, `augment`, ...) is passed to every stage.
 
-Example:
-    >>> spec = get_backbone("vgg16")
-    >>> stages = gradual_unfreezing(3, epochs_per_stage=2, optimizer="sgd", lr=1e-3,
-    ...                             momentum=0.9)
-    >>> [(s.name, s.unfreeze) for s in stages]
-    [('head', 0), ('unfreeze-1', 1), ('unfreeze-2', 2), ('unfreeze-3', 3)]
-    >>> config = RunConfig(backbone="vgg16", stages=stages)
+Example::
+
+    spec = get_backbone("vgg16")
+    stages = gradual_unfreezing(3, epochs_per_stage=2, optimizer="sgd", lr=1e-3,
+                                momentum=0.9)
+    [(s.name, s.unfreeze) for s in stages]
+    # [('head', 0), ('unfreeze-1', 1), ('unfreeze-2', 2), ('unfreeze-3', 3)]
+    config = RunConfig(backbone="vgg16", stages=stages)
 """
 
 from __future__ import annotations

@@ -164,9 +164,10 @@ def get_backbone(name: str, options=None) -> BackboneSpec:
     `options` is a `tltk.config.BackboneOptions` (cut, blocks, preprocess). An unknown
     registered name is a one-line error that suggests close names.
 
-    Example:
-        >>> get_backbone("../shared/weights/efficientnet_lite0_imagenet.keras").blocks[0]
-        'block7a'
+    Example::
+
+        get_backbone("../shared/weights/efficientnet_lite0_imagenet.keras").blocks[0]
+        # 'block7a'
     """
     from tltk.models import hub, modelfile
 
@@ -372,9 +373,10 @@ def set_trainable(model: keras.Model, spec: BackboneSpec, unfreeze,
     ImageNet statistics are never updated by small fine-tuning batches. The scratch
     baseline is trained whole. Returns the names of the trainable blocks.
 
-    Example:
-        >>> set_trainable(base, spec, unfreeze=1, batchnorm="train")
-        ['block5']
+    Example::
+
+        set_trainable(base, spec, unfreeze=1, batchnorm="train")
+        # ['block5']
     """
     if not spec.pretrained:
         model.trainable = True

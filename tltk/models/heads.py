@@ -65,9 +65,10 @@ def build_classifier(backbone: keras.Model, spec: BackboneSpec, num_classes: int
 def source_classifier(spec: BackboneSpec, image_size: int) -> keras.Model:
     """Raw RGB 0..255 -> Preprocess -> the model file's own classifier (its kept top).
 
-    Example:
-        >>> source_classifier(get_backbone("lite0.keras"), 224).output_shape
-        (None, 1000)
+    Example::
+
+        source_classifier(get_backbone("lite0.keras"), 224).output_shape
+        # (None, 1000)
     """
     shape = (image_size, image_size, 3)
     inputs = keras.Input(shape, name="image")
@@ -119,9 +120,10 @@ def training_view(model: keras.Model) -> keras.Model:
     statistics; frozen ones still run in inference mode, as Keras 3 runs every frozen
     BatchNorm. Dropout inside the backbone, if it has any, is active too.
 
-    Example:
-        >>> training_view(model).get_layer("head") is model.get_layer("head")
-        True
+    Example::
+
+        training_view(model).get_layer("head") is model.get_layer("head")
+        # True
     """
     inputs = keras.Input(model.inputs[0].shape[1:], name="image")
     x = backbone_of(model)(model.get_layer("preprocess")(inputs))

@@ -13,10 +13,11 @@ with `keras_hub.models.Backbone.from_preset(NAME).save_to_preset(DIR)` and pass
 `--backbone hub:DIR`. Local directories are always passed to keras-hub as absolute
 paths: a relative directory named like a built-in preset would go to Kaggle.
 
-Example:
-    >>> spec = hub_spec("hub:/presets/tiny_resnet")
-    >>> spec.blocks, spec.preprocess
-    (('stack1_block0', 'stack0_block0'), 'none')
+Example::
+
+    spec = hub_spec("hub:/presets/tiny_resnet")
+    spec.blocks, spec.preprocess
+    # (('stack1_block0', 'stack0_block0'), 'none')
 """
 
 from __future__ import annotations

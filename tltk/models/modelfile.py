@@ -15,11 +15,12 @@ The file is read once into a `BackboneSpec`:
 The spec's builder reloads the file and rebuilds the part below the cut at the run's
 image size, so a saved run model holds only the file's own (built-in) layers.
 
-Example:
-    >>> spec = file_spec("efficientnet_lite0_imagenet.keras")
-    >>> spec.blocks[:2], spec.preprocess, spec.cut, spec.top_classes
-    (('block7a', 'block6d'), 'none', 'top_activation', 1000)
-    >>> base = build_backbone(spec, "imagenet", 192)  # the file's weights, at 192 px
+Example::
+
+    spec = file_spec("efficientnet_lite0_imagenet.keras")
+    spec.blocks[:2], spec.preprocess, spec.cut, spec.top_classes
+    # (('block7a', 'block6d'), 'none', 'top_activation', 1000)
+    base = build_backbone(spec, "imagenet", 192)  # the file's weights, at 192 px
 """
 
 from __future__ import annotations
@@ -245,9 +246,10 @@ def rebuild(model: keras.Model, input_shape, prefix: Callable | None = None,
     first (a preset's rescaling); `call(layer, *args, **kwargs)` replaces each layer
     call (to add a layer after one). `copy_weights=False` keeps fresh random weights.
 
-    Example:
-        >>> rebuild(base, (160, 160, 3)).input_shape
-        (None, 160, 160, 3)
+    Example::
+
+        rebuild(base, (160, 160, 3)).input_shape
+        # (None, 160, 160, 3)
     """
     inputs = keras.Input(input_shape, name=f"{name or model.name}_input")
     state = {}
