@@ -41,7 +41,8 @@ def test_streamed_cache_equals_predict_and_is_a_read_only_memmap(tmp_path):
     assert isinstance(feats, np.memmap) and not feats.flags.writeable
     assert feats.shape == (2, n, 8, 8, 4) and feats.dtype == np.float16  # spatial: halved
     np.testing.assert_array_equal(feats, reference.astype(np.float16))
-    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".npy"]  # no temp left
+    # no temp file left: the array, its checksum sidecar and its key
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".npy", ".sha256"]
     calls = []
     again = cache.get(model, split, {"k": 1}, lambda v: calls.append(v) or images(n, v), 2)
     assert not calls and np.array_equal(again, feats), "the second get reads the cache"
