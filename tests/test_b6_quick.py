@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).parents[1].parent / "shared"
-NEEDED = (SHARED / "data" / "flowers-128",
-          SHARED / "weights" / "mobilenet_v2_1.0_160_dogs19_notop.weights.h5")
+from tests.conftest import require_shared
 
 # 8 training and 4 val/test images per class at 64 px, a 4 s budget per recipe: each
 # recipe gets one or two epochs (tracing a train step dominates on two cores).
@@ -23,9 +20,9 @@ TINY = ["--quick", "--budget", "4", "--per-class", "8", "--eval-per-class", "4",
 
 
 @pytest.mark.slow
+@pytest.mark.realdata
 def test_quick_run_records_every_recipe(tmp_path, monkeypatch):
-    if not all(path.exists() for path in NEEDED):
-        pytest.skip(f"real assets not found at {SHARED} (flowers-128, MobileNetV2 weights)")
+    require_shared()
     from benchmarks import _common, b6_recipes
 
     monkeypatch.setattr(_common, "RESULTS_DIR", tmp_path)  # keep the real results intact
