@@ -22,6 +22,22 @@ def test_head_structure_matches_the_declaration():
     assert head.get_layer("predictions").activation.__name__ == "softmax"
 
 
+def test_head_without_batchnorm_is_dense_and_dropout_only():
+    head = build_head(32, 7, HeadConfig(layers=2, units=16, batchnorm=False))
+    kinds = [type(layer).__name__ for layer in head.layers[1:]]
+    assert kinds == ["Dense", "Dropout", "Dense", "Dropout", "Dense"]
+    # No moving statistics to keep: every weight is a dense kernel or bias.
+    assert head.non_trainable_weights == []
+    assert len(build_head(32, 7, HeadConfig(layers=2)).non_trainable_weights) == 6
+
+
+def test_the_folder_recipe_head_has_no_batchnorm():
+    from tltk.recipes import folder
+
+    assert folder.config().head.batchnorm is False
+    assert HeadConfig().batchnorm is True  # the thesis recipes keep theirs
+
+
 def test_output_layer_stays_float32_under_mixed_precision():
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:

@@ -7,6 +7,8 @@ small model over the pooled vector:
     BatchNormalization -> N x [Dense(units, relu) -> BatchNormalization -> Dropout]
     -> Dense(num_classes, softmax, float32)
 
+(the BatchNormalization layers only with `HeadConfig.batchnorm`, the default).
+
 Keeping the head a separate model over pooled features lets a frozen stage train it
 on cached features and share the very same layers with the whole classifier.
 
@@ -31,15 +33,19 @@ from tltk.models.preprocessing import Preprocess
 def build_head(input_dim: int, num_classes: int, cfg: HeadConfig) -> keras.Model:
     """The head over pooled features, as a named sub-model."""
     inputs = keras.Input((input_dim,), name="pooled_features")
-    x = keras.layers.BatchNormalization(name="head_bn")(inputs)
+    x = _head_norm(inputs, cfg, "head_bn")
     for i in range(1, cfg.layers + 1):
         x = keras.layers.Dense(cfg.units, activation="relu", name=f"head_dense{i}")(x)
-        x = keras.layers.BatchNormalization(name=f"head_bn{i}")(x)
+        x = _head_norm(x, cfg, f"head_bn{i}")
         x = keras.layers.Dropout(cfg.dropout, name=f"head_dropout{i}")(x)
     # float32 output keeps softmax and the loss stable under mixed precision.
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
                                  name="predictions")(x)
     return keras.Model(inputs, outputs, name="head")
+
+
+def _head_norm(x, cfg: HeadConfig, name: str):
+    return keras.layers.BatchNormalization(name=name)(x) if cfg.batchnorm else x
 
 
 def pooling_layer(spec: BackboneSpec) -> keras.layers.Layer:

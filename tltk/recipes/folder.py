@@ -3,7 +3,8 @@
 Images are split stratified 70/15/15 (seeded) unless the folder already has
 `train/`, `val/` (and `test/`) subfolders. Two stages:
 
-1. `bottleneck`: the head on cached features of the frozen backbone (Adam 1e-3);
+1. `bottleneck`: a Dense-256 head without BatchNorm on cached features of the frozen
+   backbone (Adam 1e-3, label smoothing 0.1, 20 epochs; the best-validation epoch is kept);
 2. `finetune`: the whole backbone at Adam 1e-5, every BatchNorm in inference mode,
    with live augmentation.
 
@@ -17,6 +18,14 @@ after the bottleneck (unclipped it collapsed to one class); on the whole network
 on the whole network rose steadily: 70.0 % -> 71.5 % validation (72.6 % test) in six
 epochs, still rising.
 
+The head stage was re-measured on the ImageNet EfficientNet-Lite0 in `../shared` (224 px,
+cached pooled `top_activation` features, Dense-256 head, mean of 3 seeds): the best
+validation epoch within 20 epochs averaged 74.0 % against 73.1 % within 6, and label
+smoothing 0.1 (MediaPipe Model Maker's default) kept 74.1 % val and lifted test top-1
+from 74.0 % to 74.9 %. Cached epochs take about a second, so the longer stage is cheap.
+The head's BatchNorm layers (`HeadConfig.batchnorm`) cost 2 points there (72.0 % against
+74.1 %), so this recipe's head has none.
+
 Example::
 
     from tltk.recipes import folder
@@ -24,7 +33,7 @@ Example::
                         backbone="mobilenetv2", weights="mnv2.weights.h5")
 """
 
-from tltk.config import DataConfig, RunConfig, StageConfig
+from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig
 from tltk.recipes import train_recipe
 
 SUMMARY = "your own photos (one subfolder per class): bottleneck, then whole-net Adam 1e-5"
@@ -34,8 +43,10 @@ def config() -> RunConfig:
     return RunConfig(
         recipe="folder", backbone="mobilenetv2", weights="imagenet",
         data=DataConfig(dataset="folder"),
+        head=HeadConfig(layers=1, units=256, dropout=0.5, batchnorm=False),
         stages=[
-            StageConfig("bottleneck", epochs=6, optimizer="adam", lr=1e-3, unfreeze=0),
+            StageConfig("bottleneck", epochs=20, optimizer="adam", lr=1e-3, unfreeze=0,
+                        label_smoothing=0.1),
             StageConfig("finetune", epochs=8, optimizer="adam", lr=1e-5, unfreeze="all"),
         ])
 
