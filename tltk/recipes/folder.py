@@ -4,7 +4,8 @@ Images are split stratified 70/15/15 (seeded) unless the folder already has
 `train/`, `val/` (and `test/`) subfolders. Two stages:
 
 1. `bottleneck`: a Dense-256 head without BatchNorm on cached features of the frozen
-   backbone (Adam 1e-3, label smoothing 0.1, 20 epochs; the best-validation epoch is kept);
+   backbone (Adam 1e-3, label smoothing 0.1, 20 epochs; fine-tuning starts from the last
+   head epoch, and `best.keras` keeps the run's best-validation epoch);
 2. `finetune`: the whole backbone at Adam 1e-5, every BatchNorm in inference mode,
    with live augmentation.
 
