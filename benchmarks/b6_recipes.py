@@ -34,6 +34,7 @@ import contextlib
 import csv
 import dataclasses
 import gc
+import json
 import math
 import os
 import signal
@@ -47,6 +48,7 @@ import numpy as np
 import tensorflow as tf
 
 import tltk
+from benchmarks import _common
 from benchmarks._common import machine_info, print_table, write_results
 from benchmarks._flowers import IMAGE_SIZE, SEED, flowers_split
 from benchmarks.peers import (
@@ -61,6 +63,7 @@ from benchmarks.peers import (
     decoded,
 )
 from recipes import folder
+from tltk.evaluation.metrics import tta_views
 
 NAME = "b6_recipes"
 BUDGET_S = 360.0  # per recipe and backbone: 9 runs, about an hour in all
@@ -71,6 +74,34 @@ SIZES = {"lite0": LITE0_SIZE, "mobilenetv2": IMAGE_SIZE}
 VAL_FRACTION = TEST_FRACTION = 0.15
 TARGETS = {"90%": 0.90, "95%": 0.95}
 RECIPES = (*PEERS, "tltk")
+VARIANTS_NAME = "b6_variants"
+# tltk variant arms (`--recipes tltk,tltk:ft_smoothing,...`): the `folder` recipe with
+# its fine-tuning changed, to measure each field before it goes into a default
+# (results/b6_variants.json). Each spells out the base it was measured on, `folder`'s
+# constant Adam 1e-5 (`ft_constant`, the same as `tltk`), so the arms stay comparable
+# when the default changes. Fixed-length schedules get the 5 fine-tuning epochs that
+# fit the 360 s budget at 160 px on two cores (the head stage ends at about 45 s, a
+# fine-tuning epoch takes about 55 s); the EMA arm gets 4, so that its stage ends and
+# writes ema.keras.
+FORMER = {"stages.finetune.schedule": "constant", "stages.finetune.lr": 1e-5,
+          "stages.finetune.epochs": 8}
+VARIANTS = {
+    "ft_constant": FORMER,
+    "ft_smoothing": {**FORMER, "stages.finetune.label_smoothing": 0.1},
+    "ft_bn_train": {**FORMER, "stages.finetune.batchnorm": "train"},
+    "ft_onecycle": {"stages.finetune.schedule": "onecycle", "stages.finetune.lr": 1e-4,
+                    "stages.finetune.epochs": 5},
+    "ft_cosine": {"stages.finetune.schedule": "cosine", "stages.finetune.lr": 1e-4,
+                  "stages.finetune.warmup_epochs": 1, "stages.finetune.epochs": 5},
+    "ft_ema": {**FORMER, "stages.finetune.ema": 0.99, "stages.finetune.epochs": 4},
+    "randaugment": {**FORMER, "augment_policy": "randaugment"},
+    # The thesis's shape of fine-tuning with tltk's optimizer: the top two blocks only,
+    # on cached activations of the frozen rest (four augmented views per image).
+    "ft_top2_cached": {"stages.finetune.unfreeze": 2, "stages.finetune.lr": 1e-4,
+                       "stages.finetune.schedule": "constant",
+                       "stages.finetune.cache_features": True,
+                       "stages.finetune.feature_views": 4},
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +111,7 @@ class Settings:
     eval_per_class: int | None  # None: the whole val and test splits
     image_size: int | None  # None: SIZES
     backbones: tuple[str, ...]
+    recipes: tuple[str, ...] = RECIPES  # peers, "tltk" and "tltk:<variant>" arms
 
 
 FULL = Settings(BUDGET_S, None, None, None, ("lite0", "mobilenetv2"))
@@ -120,23 +152,30 @@ def link_tree(data: Data, root: Path) -> Path:
     return root
 
 
-def top1(model: keras.Model, data: Data, split: str, transform) -> float:
-    """Top-1 of an uncompiled model (tltk's saved ones) from its predictions."""
+def top1(model: keras.Model, data: Data, split: str, transform, tta: str = "none") -> float:
+    """Top-1 of an uncompiled model (tltk's saved ones) from its predictions, averaged
+    over tltk's test-time views when `tta` is not none."""
     images = batches(decoded(data, split), transform, EVAL_BATCH).map(lambda x, y: x)
-    predicted = np.argmax(model.predict(images, verbose=0), axis=-1)
+    probs = np.mean([model.predict(images.map(view), verbose=0) for view in tta_views(tta)],
+                    axis=0)
+    predicted = np.argmax(probs, axis=-1)
     return round(float(np.mean(predicted == data.labels[split])), 4)
 
 
 def scores(models: dict, data: Data, transform) -> dict:
-    """{"val": {"best": .., "final": ..}, "test": {...}}; a missing model scores None.
+    """{"val": {"best": .., "best+tta": .., "final": ..}, "test": {...}}: every weights
+    plain and with flip TTA; a missing model scores None.
 
     Example::
 
         scores({"best": best, "final": None}, data, tltk_resize(160))["test"]["best"]
         # 0.7312
     """
-    return {split: {name: None if model is None else top1(model, data, split, transform)
-                    for name, model in models.items()} for split in ("val", "test")}
+    views = {"": "none", "+tta": "flip"}
+    return {split: {name + suffix: None if model is None else
+                    top1(model, data, split, transform, tta)
+                    for name, model in models.items() for suffix, tta in views.items()}
+            for split in ("val", "test")}
 
 
 # --- the peers ------------------------------------------------------------------
@@ -161,14 +200,18 @@ def arm_result(curve: list[dict], merged: dict, wall: float, budget: float) -> d
 
 # --- tltk -----------------------------------------------------------------------
 
-def tltk_config(backbone: Backbone, budget: float) -> tltk.RunConfig:
-    """tltk's default `folder` recipe on `backbone`; only its fine-tuning is open-ended.
+def tltk_config(backbone: Backbone, budget: float, variant: str | None = None
+                ) -> tltk.RunConfig:
+    """tltk's default `folder` recipe on `backbone` (changed as `VARIANTS[variant]` says);
+    only a constant-rate fine-tuning is open-ended.
 
     The recipe fine-tunes at a constant Adam 1e-5, so more time is just more epochs:
     at one epoch per budget second the budget, not the recipe's 8 epochs, ends it.
     """
-    config = folder.config()
-    epochs = max(config.stage("finetune").epochs, math.ceil(budget))
+    config = folder.config().override(VARIANTS[variant] if variant else {})
+    finetune = config.stage("finetune")
+    fixed = finetune.schedule != "constant" or finetune.ema is not None
+    epochs = finetune.epochs if fixed else max(finetune.epochs, math.ceil(budget))
     # A model-file backbone carries its own weights; a registered one takes the file.
     named = backbone.name == "mobilenetv2"
     source = {"backbone": "mobilenetv2", "weights": str(backbone.path)} if named else {
@@ -259,11 +302,11 @@ def environ(key: str, value: str):
             os.environ[key] = old
 
 
-def run_tltk(bb: Backbone, data: Data, budget: float) -> dict:
+def run_tltk(bb: Backbone, data: Data, budget: float, variant: str | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="b6-tltk-") as tmp:
         work = Path(tmp)
         clock = Clock(budget)  # the symlinks take milliseconds; tltk's scan is timed
-        config = tltk_config(bb, budget).override({
+        config = tltk_config(bb, budget, variant).override({
             "data.path": str(link_tree(data, work / "data")), "out": str(work / "run"),
             "cache_dir": str(work / "features")})  # cold caches: extraction is timed
         watcher = HistoryWatcher(work / "run" / "history.csv", clock)
@@ -277,7 +320,8 @@ def run_tltk(bb: Backbone, data: Data, budget: float) -> dict:
         finally:
             stamps = watcher.finish()
         wall = clock.elapsed()
-        models = {name: _load(work / "run" / f"{name}.keras") for name in ("best", "final")}
+        models = {name: _load(work / "run" / f"{name}.keras")
+                  for name in ("best", "final", "ema")}
         merged = scores(models, data, tltk_resize(bb.size))
         return arm_result(tltk_curve(work / "run" / "history.csv", stamps), merged, wall,
                           budget)
@@ -289,7 +333,8 @@ def tltk_resize(size: int):
 
 
 def _load(path: Path) -> keras.Model | None:
-    # final.keras is written only when tltk.train ends on its own, not at the budget.
+    # final.keras is written only when tltk.train ends on its own, not at the budget;
+    # ema.keras only by a stage with `ema` set, at its end.
     return keras.models.load_model(path) if path.is_file() else None
 
 
@@ -319,7 +364,7 @@ def stage_switch(curve: list[dict]) -> dict | None:
 
 def add_targets(arms: dict[str, dict]) -> dict:
     """Stamp every arm with its seconds to 90 % / 95 % of the best peer's best val top-1."""
-    peers = [a["val_top1_best"] for r, a in arms.items() if r != "tltk" and a["status"] == "ok"]
+    peers = [a["val_top1_best"] for r, a in arms.items() if r in PEERS and a["status"] == "ok"]
     best = max(peers, default=None)
     for arm in arms.values():
         if arm["status"] == "ok" and best is not None:
@@ -340,9 +385,11 @@ def table_rows(results: dict) -> list[dict]:
                 continue
             switch = arm["stage_switch"] or {}
             reach = arm.get("seconds_to", {})
+            test = arm["test_top1"]
             rows.append({**row, "val best": arm["val_top1_best"],
-                         "test (best w)": arm["test_top1"]["best"],
-                         "test (final w)": arm["test_top1"]["final"], "wall s": arm["wall_s"],
+                         "test (best w)": test["best"], "test (best+tta)": test.get("best+tta"),
+                         "test (final w)": test["final"], "test (ema)": test.get("ema"),
+                         "wall s": arm["wall_s"],
                          "epochs": arm["epochs"], "s to 90%": reach.get("90%"),
                          "s to 95%": reach.get("95%"),
                          "val-loss jump": switch.get("val_loss_jump", "-")})
@@ -391,7 +438,7 @@ def run(settings: Settings) -> dict:
         bb = BACKBONES[name](settings.image_size or SIZES[name])
         sizes[name] = bb.size
         results[name] = {recipe: _run_arm(recipe, bb, data, settings.budget_s)
-                         for recipe in RECIPES}
+                         for recipe in settings.recipes}
         targets[name] = add_targets(results[name])
     return {"benchmark": NAME, "budget_s": settings.budget_s, "image_size": sizes,
             "settings": dataclasses.asdict(settings),
@@ -417,8 +464,8 @@ def _run_arm(recipe: str, bb: Backbone, data: Data, budget: float) -> dict:
     gc.collect()
     keras.utils.set_random_seed(SEED)
     started = time.perf_counter()
-    if recipe == "tltk":
-        arm = run_tltk(bb, data, budget)
+    if recipe.startswith("tltk"):
+        arm = run_tltk(bb, data, budget, recipe.partition(":")[2] or None)
     else:
         arm = run_peer(recipe, bb, data, budget)
     summary = arm["status"] if arm["status"] != "ok" else (
@@ -429,7 +476,7 @@ def _run_arm(recipe: str, bb: Backbone, data: Data, budget: float) -> dict:
     return arm
 
 
-def parse(argv: list[str] | None) -> tuple[bool, Settings]:
+def parse(argv: list[str] | None) -> tuple[bool, bool, Settings]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK.budget_s:g} s per recipe, {QUICK.train_per_class} train "
@@ -440,19 +487,61 @@ def parse(argv: list[str] | None) -> tuple[bool, Settings]:
     parser.add_argument("--eval-per-class", type=int, help="val and test images per class")
     parser.add_argument("--image-size", type=int, help="one size for both backbones")
     parser.add_argument("--backbones", help=f"comma-separated, from {','.join(BACKBONES)}")
+    parser.add_argument("--recipes", type=recipe_list,
+                        help=f"comma-separated, from {','.join(RECIPES)} and tltk:<variant> "
+                             f"for a variant in {','.join(VARIANTS)}; results go to "
+                             f"{VARIANTS_NAME}.json unless they are the five recipes")
+    parser.add_argument("--update", action="store_true",
+                        help=f"re-run --recipes into the existing {NAME}.json (same settings), "
+                             "replacing those arms; the other arms keep their figures")
     args = parser.parse_args(argv)
+    if args.update and not args.recipes:
+        parser.error("--update needs --recipes, the arms to re-run")
     base = QUICK if args.quick else FULL
     changes = {"budget_s": args.budget, "train_per_class": args.per_class,
                "eval_per_class": args.eval_per_class, "image_size": args.image_size,
-               "backbones": args.backbones and tuple(args.backbones.split(","))}
-    return args.quick, dataclasses.replace(
+               "backbones": args.backbones and tuple(args.backbones.split(",")),
+               "recipes": args.recipes}
+    return args.quick, args.update, dataclasses.replace(
         base, **{k: v for k, v in changes.items() if v is not None})
 
 
+def recipe_list(text: str) -> tuple[str, ...]:
+    """`--recipes`: known recipes and variants only, checked before anything runs."""
+    recipes = tuple(text.split(","))
+    known = {*RECIPES, *(f"tltk:{v}" for v in VARIANTS)}
+    unknown = [r for r in recipes if r not in known]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown)}; choose from "
+                                         f"{', '.join(sorted(known))}")
+    return recipes
+
+
+def updated(new: dict, path: Path) -> dict:
+    """The figures at `path` with the arms of `new` put in (same settings but the recipes
+    and backbones), targets recomputed; every re-run is listed under "updates"."""
+    old = json.loads(path.read_text())
+    same = ("budget_s", "train_per_class", "eval_per_class", "image_size")
+    if any(old["settings"][k] != new["settings"][k] for k in same) or old["split"] != new["split"]:
+        raise SystemExit(f"--update: {path.name} was measured with other settings or another "
+                         "split; run the whole benchmark instead")
+    for backbone, arms in new["results"].items():
+        old["results"][backbone].update(arms)
+        old["targets"][backbone] = add_targets(old["results"][backbone])
+    old.setdefault("updates", []).append({
+        "recipes": list(new["settings"]["recipes"]), "backbones": list(new["results"]),
+        "machine": new["machine"]})
+    return old
+
+
 def main(argv: list[str] | None = None) -> dict:
-    quick, settings = parse(argv)
+    quick, update, settings = parse(argv)
     figures = {**run(settings), "quick": quick, "machine": machine_info()}
-    path = write_results(NAME + ("_quick" if quick else ""), figures)
+    name = NAME if update or set(settings.recipes) == set(RECIPES) else VARIANTS_NAME
+    name += "_quick" if quick else ""
+    if update:
+        figures = updated(figures, _common.RESULTS_DIR / f"{name}.json")
+    path = write_results(name, figures)
     plot(figures, path.with_suffix(".png"))
     print_table(table_rows(figures["results"]))
     print(f"written {path} and {path.with_suffix('.png').name}")

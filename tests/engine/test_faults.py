@@ -10,7 +10,6 @@ import re
 import resource
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import keras
@@ -21,6 +20,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from tests.conftest import SMALL_SPLITS, tiny_config
+from tests.forked import tltk_cli
 from tltk.cli import main
 from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig
 from tltk.engine.callbacks import NumericalFault
@@ -44,11 +44,9 @@ def demo_config(out=None, **kw) -> RunConfig:
                        **kw)
 
 
-def killed(args: list[str], point: str) -> subprocess.CompletedProcess:
-    """Run `tltk ARGS` in a subprocess that SIGKILLs itself at fault point `point`."""
-    env = {**os.environ, "TLTK_FAULT": point, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-m", "tltk.cli", *args], capture_output=True,
-                          text=True, timeout=600, env=env)
+def killed(args: list[str], point: str, tiny: bool = False) -> subprocess.CompletedProcess:
+    """Run `tltk ARGS` in a child process that SIGKILLs itself at fault point `point`."""
+    return tltk_cli(args, {"TLTK_FAULT": point, "TF_CPP_MIN_LOG_LEVEL": "3"}, tiny=tiny)
 
 
 @pytest.mark.slow
@@ -239,11 +237,8 @@ def fresh_run(root: Path, tag: str) -> tuple[Path, Path]:
 @pytest.mark.parametrize("point", KILL_POINTS)
 def test_sigkill_at_each_point_then_resume_matches_uninterrupted(two_stage, point):
     config, run = fresh_run(two_stage, point.replace(":", "-"))
-    env = {**os.environ, "TLTK_FAULT": point, "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONPATH": str(ROOT)}
-    killed_run = subprocess.run([sys.executable, "-m", "tests.tiny", "train", "demo",
-                                 "--config", str(config), "--out", str(run)], cwd=ROOT,
-                                capture_output=True, text=True, timeout=600, env=env)
+    killed_run = killed(["train", "demo", "--config", str(config), "--out", str(run)], point,
+                        tiny=True)
     assert killed_run.returncode == -signal.SIGKILL, killed_run.stderr[-2000:]
     assert json.loads((run / "run.json").read_text())["status"] == "running"
     resumed = CliRunner().invoke(main, ["train", "--resume", str(run)])
@@ -279,11 +274,9 @@ def test_ctrl_c_at_each_point_stops_in_one_line_and_resumes_to_the_same_result(
 @pytest.mark.slow
 def test_ctrl_c_in_a_real_process_is_one_line_and_exit_130(two_stage):
     config, run = fresh_run(two_stage, "sigint")
-    env = {**os.environ, "TLTK_FAULT": "head:1:mid-epoch", "TLTK_FAULT_SIGNAL": "INT",
-           "PYTHONPATH": str(ROOT)}
-    stopped = subprocess.run([sys.executable, "-m", "tests.tiny", "train", "demo",
-                              "--config", str(config), "--out", str(run)], cwd=ROOT,
-                             capture_output=True, text=True, timeout=600, env=env)
+    stopped = tltk_cli(["train", "demo", "--config", str(config), "--out", str(run)],
+                       {"TLTK_FAULT": "head:1:mid-epoch", "TLTK_FAULT_SIGNAL": "INT"},
+                       tiny=True)
     assert stopped.returncode == 130, stopped.stderr[-2000:]
     assert stopped.stderr.strip() == (f"interrupted: {run} is resumable; continue it with "
                                       f"`tltk train --resume {run}`")
