@@ -22,6 +22,18 @@ def pytest_collection_finish(session):
     gc.freeze()
 
 
+# Test modules of a minute or more on two cores. They are collected first, so that under
+# `--dist worksteal` (pyproject.toml) the other worker fills the time beside them with
+# short tests, rather than one of them running alone at the end of the suite.
+LONG_FIRST = ("tests/test_notebooks.py", "tests/test_b6_quick.py", "tests/test_realdata.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Move the LONG_FIRST modules to the front; every other test keeps its order."""
+    rank = {path: i for i, path in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(LONG_FIRST)))
+
+
 @pytest.fixture(autouse=True)
 def _doctest_in_tmp_path(request, tmp_path, monkeypatch):
     if isinstance(request.node, DoctestItem):

@@ -78,11 +78,11 @@ VARIANTS_NAME = "b6_variants"
 # tltk variant arms (`--recipes tltk,tltk:ft_smoothing,...`): the `folder` recipe with
 # its fine-tuning changed, to measure each field before it goes into a default
 # (results/b6_variants.json). Each spells out the base it was measured on, `folder`'s
-# constant Adam 1e-5 (`ft_constant`, the same as `tltk`), so the arms stay comparable
-# when the default changes. Fixed-length schedules get the 5 fine-tuning epochs that
-# fit the 360 s budget at 160 px on two cores (the head stage ends at about 45 s, a
-# fine-tuning epoch takes about 55 s); the EMA arm gets 4, so that its stage ends and
-# writes ema.keras.
+# former constant Adam 1e-5 (`ft_constant`), so the arms stay comparable when the
+# default changes (`tltk` is now `ft_onecycle`). Fixed-length schedules get the 5
+# fine-tuning epochs that fit the 360 s budget at 160 px on two cores (the head stage
+# ends at about 45 s, a fine-tuning epoch takes about 55 s); the EMA arm gets 4, so
+# that its stage ends and writes ema.keras.
 FORMER = {"stages.finetune.schedule": "constant", "stages.finetune.lr": 1e-5,
           "stages.finetune.epochs": 8}
 VARIANTS = {
@@ -98,6 +98,13 @@ VARIANTS = {
     # The thesis's shape of fine-tuning with tltk's optimizer: the top two blocks only,
     # on cached activations of the frozen rest (four augmented views per image).
     "ft_top2_cached": {"stages.finetune.unfreeze": 2, "stages.finetune.lr": 1e-4,
+                       "stages.finetune.schedule": "constant",
+                       "stages.finetune.cache_features": True,
+                       "stages.finetune.feature_views": 4},
+    # The same on the top block only: the cut `dogs` can afford with VGG19 (block4_pool
+    # activations of four views of Stanford Dogs' 14,580 training images take 12 GB;
+    # block3_pool's would take twice that).
+    "ft_top1_cached": {"stages.finetune.unfreeze": 1, "stages.finetune.lr": 1e-4,
                        "stages.finetune.schedule": "constant",
                        "stages.finetune.cache_features": True,
                        "stages.finetune.feature_views": 4},
@@ -205,8 +212,8 @@ def tltk_config(backbone: Backbone, budget: float, variant: str | None = None
     """tltk's default `folder` recipe on `backbone` (changed as `VARIANTS[variant]` says);
     only a constant-rate fine-tuning is open-ended.
 
-    The recipe fine-tunes at a constant Adam 1e-5, so more time is just more epochs:
-    at one epoch per budget second the budget, not the recipe's 8 epochs, ends it.
+    A fixed-length schedule (the recipe's one-cycle) keeps its epochs; a constant-rate
+    arm gets one epoch per budget second, so the budget, not its epoch count, ends it.
     """
     config = folder.config().override(VARIANTS[variant] if variant else {})
     finetune = config.stage("finetune")
@@ -492,8 +499,9 @@ def parse(argv: list[str] | None) -> tuple[bool, bool, Settings]:
                              f"for a variant in {','.join(VARIANTS)}; results go to "
                              f"{VARIANTS_NAME}.json unless they are the five recipes")
     parser.add_argument("--update", action="store_true",
-                        help=f"re-run --recipes into the existing {NAME}.json (same settings), "
-                             "replacing those arms; the other arms keep their figures")
+                        help=f"re-run --recipes into the existing {NAME}.json ({VARIANTS_NAME}"
+                             ".json for variant arms; same settings), replacing those arms; "
+                             "the other arms keep their figures")
     args = parser.parse_args(argv)
     if args.update and not args.recipes:
         parser.error("--update needs --recipes, the arms to re-run")
@@ -534,11 +542,21 @@ def updated(new: dict, path: Path) -> dict:
     return old
 
 
+def results_name(recipes: tuple[str, ...], update: bool) -> str:
+    """NAME for the five recipes (or an update of some), VARIANTS_NAME for anything else.
+
+    Example:
+        >>> results_name(("tltk",), update=True), results_name(("tltk:ft_ema",), update=True)
+        ('b6_recipes', 'b6_variants')
+    """
+    plain = set(recipes) <= set(RECIPES)
+    return NAME if plain and (update or set(recipes) == set(RECIPES)) else VARIANTS_NAME
+
+
 def main(argv: list[str] | None = None) -> dict:
     quick, update, settings = parse(argv)
     figures = {**run(settings), "quick": quick, "machine": machine_info()}
-    name = NAME if update or set(settings.recipes) == set(RECIPES) else VARIANTS_NAME
-    name += "_quick" if quick else ""
+    name = results_name(settings.recipes, update) + ("_quick" if quick else "")
     if update:
         figures = updated(figures, _common.RESULTS_DIR / f"{name}.json")
     path = write_results(name, figures)

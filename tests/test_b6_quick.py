@@ -50,10 +50,12 @@ def test_variant_arms_change_one_field_of_the_recipe_they_were_measured_on():
 
     bb = BACKBONES["lite0"](160)
     former = b6_recipes.tltk_config(bb, 360, "ft_constant")
-    assert former == b6_recipes.tltk_config(bb, 360), "folder's default as measured"
     assert former.stage("finetune").epochs == 360, "a constant rate runs until the budget"
-    onecycle = b6_recipes.tltk_config(bb, 360, "ft_onecycle").stage("finetune")
-    assert (onecycle.schedule, onecycle.lr, onecycle.epochs) == ("onecycle", 1e-4, 5)
+    assert (former.stage("finetune").schedule, former.stage("finetune").lr) == ("constant", 1e-5)
+    onecycle = b6_recipes.tltk_config(bb, 360, "ft_onecycle")
+    assert onecycle == b6_recipes.tltk_config(bb, 360), "folder's default as measured"
+    finetune = onecycle.stage("finetune")
+    assert (finetune.schedule, finetune.lr, finetune.epochs) == ("onecycle", 1e-4, 5)
     ema = b6_recipes.tltk_config(bb, 360, "ft_ema").stage("finetune")
     assert (ema.ema, ema.epochs) == (0.99, 4)
     smoothing = b6_recipes.tltk_config(bb, 360, "ft_smoothing")

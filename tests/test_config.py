@@ -6,10 +6,10 @@ import pytest
 
 from tltk.config import RunConfig, StageConfig
 from tltk.errors import TltkError
-from tltk.recipes import get_recipe, run_config
+from tltk.recipes import RECIPES, get_recipe, run_config
 
 
-@pytest.mark.parametrize("name", ["demo", "folder", "flowers", "dogs", "baseline"])
+@pytest.mark.parametrize("name", list(RECIPES))
 def test_every_recipe_config_round_trips_through_yaml(name):
     config = get_recipe(name).config()
     assert RunConfig.from_yaml(config.to_yaml()) == config

@@ -31,7 +31,7 @@ from tltk.methods.tuning import (
     tune,
 )
 from tltk.models.backbones import get_backbone
-from tltk.recipes import demo, flowers
+from tltk.recipes import demo, flowers_thesis
 
 # One fine-tuned block keeps every trial's image stage equally small.
 SPACE = SearchSpace(finetune_blocks=(1, 1))
@@ -54,7 +54,7 @@ def live_layers() -> int:
 
 def test_trial_config_covers_the_search_space():
     hp = keras_tuner.HyperParameters()
-    base = flowers.config()  # VGG19; fine-tuning with SGD and an lr step at epoch 25
+    base = flowers_thesis.config()  # VGG19; fine-tuning with SGD and an lr step at epoch 25
     trial_config(base, get_backbone("vgg19"), SearchSpace(finetune_blocks=(1, 99)), hp)
     assert set(hp.values) == {"head_layers", "head_units", "head_dropout", "stage1_lr",
                               "finetune_lr", "finetune_momentum", "finetune_blocks"}
@@ -79,7 +79,7 @@ def test_trial_config_covers_the_search_space():
 
 
 def test_hyperband_spreads_its_budget_over_the_stages(tmp_path):
-    config = flowers.config()  # 30 + 40 epochs
+    config = flowers_thesis.config()  # 30 + 40 epochs
     assert [s.epochs for s in scale_epochs(config, 7).stages] == [3, 4]
     assert [s.epochs for s in scale_epochs(config, 1).stages] == [1, 1]
     hypermodel = TransferHyperModel(config, tmp_path, SPACE)

@@ -1,5 +1,5 @@
-"""The thesis recipes end to end under tfds mock data (dogs, flowers) and on the demo
-shapes (baseline), at 32 px and one epoch per stage, plus `tltk recipes`."""
+"""The recipes end to end under tfds mock data (dogs, the thesis protocols) and on the
+demo shapes (baseline), at 32 px and one epoch per stage, plus `tltk recipes`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,16 @@ from click.testing import CliRunner
 from tests.conftest import mocked
 from tltk.cli import main
 from tltk.data.tfds_sources import DOGS_PER_CLASS, dog_wnids, imagenet_to_dogs, tfds_builder
-from tltk.recipes import RECIPES, baseline, dogs, flowers, get_recipe
+from tltk.recipes import (
+    RECIPES,
+    baseline,
+    dogs,
+    dogs_thesis,
+    flowers,
+    flowers_thesis,
+    folder,
+    get_recipe,
+)
 
 BREEDS = [3, 7]  # two breeds keep a run to seconds; the head still has 120 outputs
 TINY = {"image_size": 32}
@@ -32,8 +41,9 @@ def stages_run(run_dir) -> list[dict]:
     return json.loads((run_dir / "run.json").read_text())["stages"]
 
 
-def test_recipe_configs_follow_the_thesis_protocol():
-    cfg = dogs.config()
+def test_thesis_recipe_configs_follow_the_thesis_protocol():
+    cfg = dogs_thesis.config()
+    assert cfg.recipe == "dogs-thesis"
     assert (cfg.backbone, cfg.data.dataset, cfg.data.split) == ("vgg19", "dogs", "default")
     assert DOGS_PER_CLASS == {"val": 30, "test": 20}
     assert (cfg.head.layers, cfg.head.units) == (2, 256)
@@ -42,16 +52,38 @@ def test_recipe_configs_follow_the_thesis_protocol():
     assert (finetune.optimizer, finetune.lr, finetune.momentum, finetune.unfreeze) == \
         ("sgd", 1e-4, 0.9, 1)
     # The fast, exact CPU protocol: block5 tunes on cached activations of K views.
-    assert (finetune.cache_features, finetune.feature_views) == (True, dogs.FEATURE_VIEWS)
-    cfg = flowers.config()
+    assert (finetune.cache_features, finetune.feature_views) == (True, dogs_thesis.FEATURE_VIEWS)
+    cfg = flowers_thesis.config()
+    assert cfg.recipe == "flowers-thesis"
     assert (cfg.data.val_fraction, cfg.data.test_fraction) == (0.3, 0.0)
     assert (cfg.backbone, cfg.head.layers, cfg.head.units) == ("vgg19", 1, 256)
     finetune = cfg.stage("finetune")
     assert (finetune.lr, finetune.lr_steps, finetune.momentum) == (0.004, [[25, 0.001]], 0.9)
     cfg = baseline.config()
     assert (cfg.backbone, cfg.head.layers, cfg.data.val_fraction) == ("scratch", 0, 0.3)
-    for module in (dogs, flowers, baseline):
+    for module in (dogs_thesis, flowers_thesis, baseline):
         assert "Thesis figures it reproduces" in module.__doc__, module.__name__
+
+
+def test_tltk_recipes_take_folders_stages_as_b6_chose_them():
+    base = folder.config()
+    head, finetune = base.stages
+    assert (head.label_smoothing, head.epochs, base.head.batchnorm) == (0.1, 20, False)
+    assert (finetune.optimizer, finetune.schedule, finetune.lr, finetune.epochs) == \
+        ("adam", "onecycle", 1e-4, 5)
+    assert (finetune.unfreeze, finetune.batchnorm) == ("all", "frozen")
+    cfg = flowers.config()
+    assert (cfg.recipe, cfg.backbone, cfg.data.dataset) == ("flowers", "vgg19", "flowers")
+    assert (cfg.data.val_fraction, cfg.data.test_fraction) == (0.15, 0.15)
+    assert (cfg.head, cfg.stages) == (base.head, base.stages)
+    cfg = dogs.config()
+    assert (cfg.recipe, cfg.backbone, cfg.data.dataset) == ("dogs", "vgg19", "dogs")
+    assert (cfg.head, cfg.stages[0]) == (base.head, head)
+    tuned = cfg.stage("finetune")
+    assert (tuned.optimizer, tuned.schedule, tuned.lr, tuned.epochs) == \
+        ("adam", "constant", 1e-4, 20)
+    assert (tuned.unfreeze, tuned.cache_features, tuned.feature_views) == \
+        (1, True, dogs.FEATURE_VIEWS)
 
 
 def test_tltk_recipes_lists_each_recipe_on_one_line():
@@ -78,14 +110,15 @@ def reference_checking(get, checked: list):
 
 
 @pytest.mark.slow
-def test_tltk_train_dogs_vgg19_runs_the_thesis_protocol(tmp_path, monkeypatch):
+def test_tltk_train_dogs_thesis_vgg19_runs_the_thesis_protocol(tmp_path, monkeypatch):
     from tltk.engine.features import FeatureCache
 
     out, checked = tmp_path / "dogs-vgg19", []
     monkeypatch.setattr(FeatureCache, "get", reference_checking(FeatureCache.get, checked))
     with mocked(dog_splits()):
         result = CliRunner().invoke(main, [
-            "train", "dogs", "--backbone", "vgg19", "--weights", "none", "--image-size", "32",
+            "train", "dogs-thesis", "--backbone", "vgg19", "--weights", "none",
+            "--image-size", "32",
             "--epochs-head", "1", "--epochs-finetune", "1", "--batch-size", "16",
             "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -100,7 +133,7 @@ def test_tltk_train_dogs_vgg19_runs_the_thesis_protocol(tmp_path, monkeypatch):
     assert (finetune["optimizer"], finetune["trainable_blocks"]) == ("SGD", ["block5"])
     # Fine-tuning ran at the full cut (block4_pool) on K streamed views + plain val.
     assert finetune["cached_features"] == "activations"
-    assert ((2, 2, 512), dogs.FEATURE_VIEWS) in checked and ((2, 2, 512), 1) in checked
+    assert ((2, 2, 512), dogs_thesis.FEATURE_VIEWS) in checked and ((2, 2, 512), 1) in checked
 
 
 @pytest.mark.slow
@@ -130,9 +163,9 @@ def test_dogs_without_v2_fails_unless_no_v2_and_a_0_epoch_stage_is_skipped(tmp_p
 
 
 @pytest.mark.slow
-def test_dogs_recipe_runs_with_resnet50(tmp_path):
+def test_dogs_thesis_recipe_runs_with_resnet50(tmp_path):
     with mocked(dog_splits()):
-        result = dogs.run(backbone="resnet50", weights="none", data=TINY, epochs_head=1,
+        result = dogs_thesis.run(backbone="resnet50", weights="none", data=TINY, epochs_head=1,
                           epochs_finetune=1, batch_size=16, out=str(tmp_path / "run"))
     assert set(result.metrics["split"]) == {"val", "test", "v2"}
     assert result.config.head.layers == 2 and result.config.backbone == "resnet50"
@@ -140,10 +173,10 @@ def test_dogs_recipe_runs_with_resnet50(tmp_path):
 
 
 @pytest.mark.slow
-def test_flowers_recipe_reports_top2_and_steps_its_learning_rate(tmp_path):
+def test_flowers_thesis_recipe_reports_top2_and_steps_its_learning_rate(tmp_path):
     splits = {"tf_flowers": {"train": np.repeat(np.arange(5), 10)}}
     with mocked(splits):
-        result = flowers.run(weights="none", data=TINY, epochs_head=1, epochs_finetune=2,
+        result = flowers_thesis.run(weights="none", data=TINY, epochs_head=1, epochs_finetune=2,
                              batch_size=16, out=str(tmp_path / "run"),
                              stages={"finetune": {"lr_steps": [[1, 0.001]]}})
     assert set(result.metrics["split"]) == {"val"} and (result.metrics["k"] == 2).all()

@@ -17,8 +17,9 @@ from tltk.errors import TltkError
 from tltk.registry import Registry
 
 # Module names under `recipes`, keyed by the name users type (`tltk train NAME`).
-RECIPES = Registry("RECIPE", {name: name for name in
-                             ("demo", "folder", "flowers", "dogs", "baseline")})
+RECIPES = Registry("RECIPE", {
+    **{name: name for name in ("demo", "folder", "flowers", "dogs", "baseline")},
+    "flowers-thesis": "flowers_thesis", "dogs-thesis": "dogs_thesis"})
 
 
 def get_recipe(name: str) -> ModuleType:
@@ -113,8 +114,5 @@ def train_recipe(base, overrides: dict):
 
 def recipe_table() -> str:
     """One line per recipe, for `tltk recipes`."""
-    lines = []
-    for name in RECIPES:
-        module = get_recipe(name)
-        lines.append(f"{name:<10}{module.SUMMARY}")
-    return "\n".join(lines)
+    width = max(map(len, RECIPES)) + 2
+    return "\n".join(f"{name:<{width}}{get_recipe(name).SUMMARY}" for name in RECIPES)
