@@ -15,10 +15,11 @@ import pytest
 
 from tests.conftest import require_shared
 
-# 8 training and 4 val/test images per class at 64 px, a 4 s budget per recipe: each
-# recipe gets one or two epochs (tracing a train step dominates on two cores).
+# 8 training and 4 val/test images per class at 32 px (MobileNetV2's minimum), a 4 s
+# budget per recipe: each recipe gets one or two epochs (tracing a train step dominates
+# on two cores).
 TINY = ["--quick", "--budget", "4", "--per-class", "8", "--eval-per-class", "4",
-        "--image-size", "64", "--backbones", "mobilenetv2"]
+        "--image-size", "32", "--backbones", "mobilenetv2"]
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ def test_folder_transfer_on_flowers_is_far_above_chance(tmp_path):
     require_shared()
     config = RunConfig(
         recipe="folder", backbone="mobilenetv2", weights=str(MNV2_WEIGHTS),
-        data=DataConfig(dataset="folder", path=str(FLOWERS), image_size=128, per_class=60,
+        data=DataConfig(dataset="folder", path=str(FLOWERS), image_size=96, per_class=60,
                         val_fraction=0.1, test_fraction=0.05),
         head=HeadConfig(units=128),
         stages=[StageConfig("bottleneck", epochs=15, unfreeze=0, augment=False)],

@@ -9,14 +9,15 @@ EfficientNet-Lite0 that fine-tuning gained 5.7 points over the head stage (79.3 
 where the thesis's SGD on the top block gained 1.1 (74.7 %). The thesis's own protocol
 (70/30, SGD 0.004 -> 0.001 on `block5`) is the `flowers-thesis` recipe.
 
-The Kaggle flower folder itself (e.g. `../shared/data/flowers-128`) runs through the
-same recipe with `dataset="folder"`:
+`tf_flowers` must be prepared first (`tltk data prepare flowers`); the Kaggle flower
+folder itself runs through the same stages as `folder` (or here with
+`data={"dataset": "folder", "path": DIR}`).
 
 Example::
 
     from tltk.recipes import flowers
-    flowers.run(data={"dataset": "folder", "path": "../shared/data/flowers-128"},
-                backbone="mobilenetv2", weights="mnv2.weights.h5")
+    result = flowers.run(data={"path": "~/tensorflow_datasets"}, epochs_finetune=3)
+    result.metrics  # best and final weights, val and test, top-1 and top-2
 """
 
 from tltk.config import RunConfig
