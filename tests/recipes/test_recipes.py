@@ -187,6 +187,21 @@ def test_flowers_thesis_recipe_reports_top2_and_steps_its_learning_rate(tmp_path
 
 
 @pytest.mark.slow
+def test_flowers_recipe_splits_70_15_15_and_tunes_with_one_cycle(tmp_path, tiny_backbone):
+    splits = {"tf_flowers": {"train": np.repeat(np.arange(5), 20)}}
+    with mocked(splits):
+        result = flowers.run(backbone="tiny", weights="none", data=TINY, epochs_head=1,
+                             epochs_finetune=2, batch_size=16, out=str(tmp_path / "run"))
+    assert set(result.metrics["split"]) == {"val", "test"} and (result.metrics["k"] == 2).all()
+    sizes = {name: len(np.load(result.run_dir / "predictions" / f"best-{name}.npz")["labels"])
+             for name in ("val", "test")}
+    assert sizes == {"val": 15, "test": 15}
+    finetune = result.history[result.history["stage"] == "finetune"]
+    assert finetune["lr"].iloc[0] > finetune["lr"].iloc[-1] > 0  # one-cycle annealing
+    assert stages_run(result.run_dir)[1]["optimizer"] == "Adam"
+
+
+@pytest.mark.slow
 def test_baseline_returns_the_table3_grid_on_demo(tmp_path):
     result = baseline.run(data={"dataset": "demo", "image_size": 32, "per_class": 8,
                                 "val_fraction": 0.05},
