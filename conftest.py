@@ -22,7 +22,8 @@ def pytest_collection_finish(session):
     gc.freeze()
 
 
-# Test modules of a minute or more on two cores. They are collected first, so that under
+# The longest test modules (half a minute to a minute and a half each on two cores, with
+# the other worker busy). They are collected first, so that under
 # `--dist worksteal` (pyproject.toml) the other worker fills the time beside them with
 # short tests, rather than one of them running alone at the end of the suite.
 LONG_FIRST = ("tests/test_notebooks.py", "tests/test_b6_quick.py", "tests/test_realdata.py")

@@ -85,6 +85,8 @@ VARIANTS_NAME = "b6_variants"
 # that its stage ends and writes ema.keras.
 FORMER = {"stages.finetune.schedule": "constant", "stages.finetune.lr": 1e-5,
           "stages.finetune.epochs": 8}
+TOP_CACHED = {"stages.finetune.lr": 1e-4, "stages.finetune.schedule": "constant",
+              "stages.finetune.cache_features": True, "stages.finetune.feature_views": 4}
 VARIANTS = {
     "ft_constant": FORMER,
     "ft_smoothing": {**FORMER, "stages.finetune.label_smoothing": 0.1},
@@ -97,17 +99,11 @@ VARIANTS = {
     "randaugment": {**FORMER, "augment_policy": "randaugment"},
     # The thesis's shape of fine-tuning with tltk's optimizer: the top two blocks only,
     # on cached activations of the frozen rest (four augmented views per image).
-    "ft_top2_cached": {"stages.finetune.unfreeze": 2, "stages.finetune.lr": 1e-4,
-                       "stages.finetune.schedule": "constant",
-                       "stages.finetune.cache_features": True,
-                       "stages.finetune.feature_views": 4},
+    "ft_top2_cached": {**TOP_CACHED, "stages.finetune.unfreeze": 2},
     # The same on the top block only: the cut `dogs` can afford with VGG19 (block4_pool
     # activations of four views of Stanford Dogs' 14,580 training images take 12 GB;
     # block3_pool's would take twice that).
-    "ft_top1_cached": {"stages.finetune.unfreeze": 1, "stages.finetune.lr": 1e-4,
-                       "stages.finetune.schedule": "constant",
-                       "stages.finetune.cache_features": True,
-                       "stages.finetune.feature_views": 4},
+    "ft_top1_cached": {**TOP_CACHED, "stages.finetune.unfreeze": 1},
 }
 
 

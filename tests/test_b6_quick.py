@@ -51,8 +51,9 @@ def test_variant_arms_change_one_field_of_the_recipe_they_were_measured_on():
 
     bb = BACKBONES["lite0"](160)
     former = b6_recipes.tltk_config(bb, 360, "ft_constant")
-    assert former.stage("finetune").epochs == 360, "a constant rate runs until the budget"
-    assert (former.stage("finetune").schedule, former.stage("finetune").lr) == ("constant", 1e-5)
+    constant = former.stage("finetune")
+    assert constant.epochs == 360, "a constant rate runs until the budget"
+    assert (constant.schedule, constant.lr) == ("constant", 1e-5)
     onecycle = b6_recipes.tltk_config(bb, 360, "ft_onecycle")
     assert onecycle == b6_recipes.tltk_config(bb, 360), "folder's default as measured"
     finetune = onecycle.stage("finetune")

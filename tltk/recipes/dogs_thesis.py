@@ -26,10 +26,7 @@ Example::
 
 from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig
 from tltk.recipes import train_recipe
-
-# Augmented views per training image in the fine-tuning cache: 20 epochs then see each
-# view five times; the cache (VGG19 block4_pool, float16) takes about 12 GB.
-FEATURE_VIEWS = 4
+from tltk.recipes.dogs import FEATURE_VIEWS  # the same fine-tuning cache as `dogs`
 
 SUMMARY = "thesis Stanford Dogs protocol: 30/20 per class, VGG19, 2x256 head, val/test/v2"
 
