@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import SMALL_SPLITS, tiny_config
+from tltk import faults
 from tltk.cli import main
 from tltk.config import HeadConfig, RunConfig, StageConfig
 from tltk.engine import checkpoint as resume
@@ -43,7 +44,7 @@ def crash_at(monkeypatch, point: str) -> None:
         if name == point:
             raise Interrupted(name)
 
-    monkeypatch.setattr(resume, "fault_point", fault_point)
+    monkeypatch.setattr(faults, "fault_point", fault_point)
 
 
 @pytest.mark.slow
@@ -64,7 +65,7 @@ def test_interrupted_cached_feature_stages_resume_to_the_uninterrupted_result(
     assert state["epochs_done"] == 1, "epoch 2 was cut short; epoch 1 is the last commit"
     assert (run.path / "backup" / "stage-bottleneck.weights.h5").is_file()
 
-    monkeypatch.setattr(resume, "fault_point", lambda name: None)
+    monkeypatch.setattr(faults, "fault_point", lambda name: None)
     result = train(config, verbose=False)  # the same --out: resumes on its own
     status = json.loads((result.run_dir / "run.json").read_text())
     assert status["status"] == "complete" and len(status["resumed"]) == 2

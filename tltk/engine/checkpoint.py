@@ -26,9 +26,7 @@ Example::
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import time
 import warnings
 from pathlib import Path
@@ -36,6 +34,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from tltk import faults
 from tltk.config import RunConfig
 from tltk.errors import TltkError
 from tltk.log import keras_chatter
@@ -43,24 +42,6 @@ from tltk.rundir import RunDir, atomic_path, damaged, read_json
 
 BACKUP = "backup"
 STATE_FILE = "state.json"
-
-
-def fault_point(name: str) -> None:
-    """Test hook: signal this process at the point `TLTK_FAULT` names (SIGKILL, or the
-    signal `TLTK_FAULT_SIGNAL` names, e.g. INT for a Ctrl-C).
-
-    Points are `<stage>:<epoch>:mid-epoch`, `<stage>:<epoch>:checkpoint-write` (the
-    new weights are written but not yet renamed into place), `<stage>:end` (the
-    stage is recorded, the next one not begun), `features:<split>:mid-extraction`,
-    `evaluate:start` (final.keras saved, nothing evaluated) and
-    `evaluate:<weights>-<split>` (that split's predictions written); epochs count from 1.
-
-    Example:
-        $ TLTK_FAULT=train:2:mid-epoch tltk train demo --out runs/x   # dies in epoch 2
-    """
-    if os.environ.get("TLTK_FAULT") == name:
-        which = os.environ.get("TLTK_FAULT_SIGNAL", "KILL")
-        os.kill(os.getpid(), getattr(signal, f"SIG{which}"))
 
 
 def resume_config(run_dir: str | Path, recipe: str | None = None) -> RunConfig:
@@ -137,7 +118,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if batch == 1:
-            fault_point(f"{self.stage}:{self._epoch + 1}:mid-epoch")
+            faults.fault_point(f"{self.stage}:{self._epoch + 1}:mid-epoch")
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -147,7 +128,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         name = f"epoch-{epoch + 1:04d}.weights.h5"
         with atomic_path(folder / name) as tmp:
             self.model.save_weights(tmp)
-            fault_point(f"{self.stage}:{epoch + 1}:checkpoint-write")
+            faults.fault_point(f"{self.stage}:{epoch + 1}:checkpoint-write")
         state = {"stage": self.stage, "epochs_done": epoch + 1, "weights": name,
                  "seeds": seed_states(self.full_model), "frozen": self.frozen,
                  "seconds": round(self.seconds_before + time.time() - self.started, 1),
@@ -252,7 +233,7 @@ def complete_stage(run: RunDir, stage: str, full_model: keras.Model, trackers,
     for done in stages:
         _stage_end_file(run, done["name"]).unlink(missing_ok=True)
     shutil.rmtree(_stage_dir(run, stage), ignore_errors=True)
-    fault_point(f"{stage}:end")
+    faults.fault_point(f"{stage}:end")
 
 
 def restore_stages(run: RunDir, full_model: keras.Model, trackers) -> list[str]:

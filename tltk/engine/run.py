@@ -28,6 +28,7 @@ import keras
 import pandas as pd
 
 from tltk import data as tltk_data
+from tltk import faults
 from tltk.config import RunConfig
 from tltk.data.core import Dataset
 from tltk.engine import checkpoint, runtime
@@ -215,7 +216,7 @@ def finish(ctx: Context) -> RunResult:
     save_model(model, run.file("final.keras"))
     if not run.file("best.keras").is_file():  # no validation improvement was ever seen
         save_model(model, run.file("best.keras"))
-    checkpoint.fault_point("evaluate:start")
+    faults.fault_point("evaluate:start")
     models = {"best": load_model(run.file("best.keras")), "final": model}
     if any(stage.ema is not None for stage in config.stages) and run.file("ema.keras").is_file():
         models["ema"] = load_model(run.file("ema.keras"))

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from tltk import faults
 from tltk.data.core import Dataset, make_pipeline
 from tltk.rundir import RunDir, write_csv, write_npz
 
@@ -96,18 +97,12 @@ def evaluate_models(models: dict, dataset: Dataset, run: RunDir, image_size: int
                     arrays["paths"] = np.asarray(data.paths)
                 if write:
                     write_npz(run.file("predictions") / f"{weights}-{split}.npz", **arrays)
-                    _fault_point(f"evaluate:{weights}-{split}")
+                    faults.fault_point(f"evaluate:{weights}-{split}")
                 rows.append(metrics_rows(weights, split, probs, data.labels, k))
     table = pd.DataFrame(rows, columns=["weights", "split", "top1", "topk", "k"])
     if write:
         write_csv(run.file("metrics.csv"), table)
     return table
-
-
-def _fault_point(name: str) -> None:
-    from tltk.engine.checkpoint import fault_point  # the engine imports this module
-
-    fault_point(name)
 
 
 def format_table(metrics: pd.DataFrame) -> str:
