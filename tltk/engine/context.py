@@ -19,7 +19,7 @@ import keras
 from tltk.config import RunConfig
 from tltk.data.core import Dataset
 from tltk.engine.callbacks import Trackers
-from tltk.models.backbones import BackboneSpec
+from tltk.models.spec import BackboneSpec
 from tltk.rundir import RunDir
 
 

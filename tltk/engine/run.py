@@ -46,7 +46,6 @@ from tltk.evaluation.metrics import default_k, evaluate_models, format_table, lo
 from tltk.evaluation.reports import write_run_report
 from tltk.log import log
 from tltk.models.backbones import (
-    BackboneSpec,
     build_backbone,
     canonical_backbone,
     check_image_size,
@@ -55,6 +54,7 @@ from tltk.models.backbones import (
     weights_label,
 )
 from tltk.models.heads import build_classifier
+from tltk.models.spec import BackboneSpec
 from tltk.rundir import RunDir, save_model, write_csv
 
 

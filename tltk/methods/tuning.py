@@ -54,11 +54,11 @@ from tltk.engine.runtime import op_determinism, precision_policy
 from tltk.errors import TltkError
 from tltk.log import log
 from tltk.models.backbones import (
-    BackboneSpec,
     check_image_size,
     config_backbone,
     resolve_unfreeze,
 )
+from tltk.models.spec import BackboneSpec
 from tltk.registry import Registry
 from tltk.rundir import RunDir, save_model, write_csv, write_text
 
