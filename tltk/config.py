@@ -302,7 +302,7 @@ class RunConfig:
     cache_budget_gb: float | None = None
 
     def __post_init__(self):
-        self.stages = [s if isinstance(s, StageConfig) else _build(StageConfig, s, "stages")
+        self.stages = [s if isinstance(s, StageConfig) else _build(StageConfig, s, _where(s))
                        for s in self.stages]
 
     # --- conversion -------------------------------------------------------
@@ -467,6 +467,12 @@ def _coerce(hint, value, where: str):
         return str(value)
     names = "/".join(getattr(o, "__name__", str(o)) for o in options)
     raise TltkError(f"{where}: expected {names}, got {value!r}")
+
+
+def _where(stage) -> str:
+    """`stages.NAME` for a stage given as a mapping with a name, else `stages`."""
+    name = stage.get("name") if isinstance(stage, dict) else None
+    return f"stages.{name}" if isinstance(name, str) else "stages"
 
 
 def _check_choice(literal, value, where: str) -> None:

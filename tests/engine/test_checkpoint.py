@@ -17,6 +17,7 @@ from tltk.config import HeadConfig, RunConfig, StageConfig
 from tltk.engine import checkpoint as resume
 from tltk.engine.run import train
 from tltk.errors import TltkError
+from tltk.log import silent
 from tltk.rundir import RunDir
 
 
@@ -50,13 +51,13 @@ def crash_at(monkeypatch, point: str) -> None:
 @pytest.mark.slow
 def test_interrupted_cached_feature_stages_resume_to_the_uninterrupted_result(
         tmp_path, monkeypatch):
-    reference = train(cached_stages_config(tmp_path / "reference"), verbose=False)
+    reference = train(cached_stages_config(tmp_path / "reference"), say=silent)
 
     config = cached_stages_config(tmp_path / "run")
     for point in ("bottleneck:end", "finetune:2:mid-epoch"):
         crash_at(monkeypatch, point)
         with pytest.raises(Interrupted):
-            train(config, verbose=False)
+            train(config, say=silent)
     run = RunDir(tmp_path / "run")
     status = run.status()
     assert status["status"] == "failed" and "Interrupted" in status["error"]
@@ -66,7 +67,7 @@ def test_interrupted_cached_feature_stages_resume_to_the_uninterrupted_result(
     assert (run.path / "backup" / "stage-bottleneck.weights.h5").is_file()
 
     monkeypatch.setattr(faults, "fault_point", lambda name: None)
-    result = train(config, verbose=False)  # the same --out: resumes on its own
+    result = train(config, say=silent)  # the same --out: resumes on its own
     status = json.loads((result.run_dir / "run.json").read_text())
     assert status["status"] == "complete" and len(status["resumed"]) == 2
     assert "error" not in status

@@ -110,10 +110,13 @@ class EpochCheckpoint(keras.callbacks.Callback):
     async_safe = True
 
     def __init__(self, run: RunDir, stage: str, full_model: keras.Model, trackers,
-                 seconds_before: float = 0.0, frozen: str | None = None):
+                 seconds_before: float = 0.0, frozen_checksum: str | None = None):
         super().__init__()
         self.run, self.stage, self.full_model, self.trackers = run, stage, full_model, trackers
-        self.started, self.seconds_before, self.frozen = time.time(), seconds_before, frozen
+        self.started, self.seconds_before = time.time(), seconds_before
+        # Checksum of the frozen layers below a cached stage's cut: a resume must find them
+        # unchanged, or the cached features no longer match.
+        self.frozen_checksum = frozen_checksum
         self._epoch = 0
 
     def on_train_batch_end(self, batch, logs=None):
@@ -130,7 +133,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
             self.model.save_weights(tmp)
             faults.fault_point(f"{self.stage}:{epoch + 1}:checkpoint-write")
         state = {"stage": self.stage, "epochs_done": epoch + 1, "weights": name,
-                 "seeds": seed_states(self.full_model), "frozen": self.frozen,
+                 "seeds": seed_states(self.full_model),
+                 "frozen_checksum": self.frozen_checksum,
                  "seconds": round(self.seconds_before + time.time() - self.started, 1),
                  **self.trackers.state()}
         self.run.write_json(f"{BACKUP}/{self.stage}/{STATE_FILE}", state)  # the commit
@@ -177,7 +181,7 @@ def _load_weights(run: RunDir, stage: str, model: keras.Model, path: Path,
 
 
 def restore_epoch(run: RunDir, stage: str, fitted: keras.Model, full_model: keras.Model,
-                  trackers, frozen: str | None = None) -> dict | None:
+                  trackers, frozen_checksum: str | None = None) -> dict | None:
     """Load the stage's last commit into `fitted` (compiled) and the trackers.
 
     Returns the committed state (`epochs_done` is the epoch to continue from), or None
@@ -186,7 +190,8 @@ def restore_epoch(run: RunDir, stage: str, fitted: keras.Model, full_model: kera
     state = stage_state(run, stage)
     if state is None:
         return None
-    if state.get("frozen") != frozen:
+    # States written before the rename call the checksum "frozen".
+    if state.get("frozen_checksum", state.get("frozen")) != frozen_checksum:
         raise TltkError(f"cannot resume stage '{stage}' in {run.path}: the frozen layers "
                         "below its cached features have other weights than when it started "
                         "(was --weights changed?); start a new run with another --out")

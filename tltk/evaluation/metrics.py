@@ -19,6 +19,7 @@ import tensorflow as tf
 from tltk import faults
 from tltk.data.core import Dataset, make_pipeline
 from tltk.rundir import RunDir, write_csv, write_npz
+from tltk.saving import load_keras_file
 
 WEIGHTS = ("best", "final")
 # The fixed affine views of `flip+affine` TTA, in RandomAffine's (IDG's) parameters.
@@ -143,7 +144,7 @@ def evaluate_run(run_dir, which: str = "both", write: bool = False) -> pd.DataFr
     names = WEIGHTS if which == "both" else (which,)
     if which == "both" and run.file("ema.keras").is_file():
         names = (*names, "ema")
-    models = {w: load_model(run.file(f"{w}.keras")) for w in names}
+    models = {w: load_keras_file(run.file(f"{w}.keras")) for w in names}
     for weights, model in models.items():  # a model file from a run on other classes
         check_classes(model, dataset.class_names, run.file(f"{weights}.keras"),
                       run.file("config.yaml"))
@@ -154,11 +155,3 @@ def evaluate_run(run_dir, which: str = "both", write: bool = False) -> pd.DataFr
     print(format_table(table))
     keras.backend.clear_session()
     return table
-
-
-def load_model(path):
-    """Load a tltk `.keras` model in Keras safe mode, after checking the file (see
-    `tltk.saving.load_keras_file`)."""
-    from tltk.saving import load_keras_file
-
-    return load_keras_file(path)
