@@ -108,12 +108,14 @@ def _decode_with_pillow(path: Path) -> tf.Tensor:
         raise ValueError("not a readable image") from None
 
 
-def predict_images(model, paths: list[Path], policy: str = "stretch", batch_size: int = 32):
+def predict_images(predict, size: int, num_classes: int, paths: list[Path],
+                   policy: str = "stretch", batch_size: int = 32):
     """Probabilities for every readable image; returns (probs [n, C], kept paths, errors).
 
-    `errors` lists (path, reason) for files that could not be read; they are skipped.
+    `predict` maps float32 images [B, size, size, 3] to probabilities (a Keras model's
+    `predict_on_batch`, or an export's, `tltk.evaluation.export.open_export`). `errors`
+    lists (path, reason) for files that could not be read; they are skipped.
     """
-    size = input_size(model)
     kept, errors, batches, batch = [], [], [], []
     for path in paths:
         try:
@@ -122,36 +124,67 @@ def predict_images(model, paths: list[Path], policy: str = "stretch", batch_size
         except ValueError as exc:
             errors.append((path, str(exc)))
         if len(batch) == batch_size:
-            batches.append(model.predict_on_batch(np.stack(batch)))
+            batches.append(predict(np.stack(batch)))
             batch = []
     if batch:
-        batches.append(model.predict_on_batch(np.stack(batch)))
-    probs = np.concatenate(batches) if batches else np.zeros((0, model.output_shape[-1]))
+        batches.append(predict(np.stack(batch)))
+    probs = np.concatenate(batches) if batches else np.zeros((0, num_classes))
     return np.asarray(probs, dtype=np.float32), kept, errors
 
 
-def predict_files(run_dir: str | Path, items, top: int = 5, weights: str = "best",
-                  batch_size: int = 32) -> list[dict]:
+def predict_files(source: str | Path, items, top: int = 5, weights: str = "best",
+                  batch_size: int = 32, labels: str | Path | None = None,
+                  explain: str | Path | None = None) -> list[dict]:
     """Top-`top` labels for each image (folders expanded), in input order.
 
-    Each result is `{"path", "predictions": [{"label", "probability"}, ...]}` or, for a
-    file that could not be read, `{"path", "error"}`.
+    `source` is a run directory or an exported model (`.keras`, `.tflite` or a
+    SavedModel folder; its class names from `labels`, default the `labels.txt` beside
+    it). Each result is `{"path", "predictions": [{"label", "probability"}, ...]}` or,
+    for a file that could not be read, `{"path", "error"}`. With `explain` (a folder),
+    each result also names its Grad-CAM heatmap there (`"heatmap"`).
     """
-    run = open_run(run_dir)
     if top < 1:
         raise TltkError(f"--top: must be 1 or more, got {top}")
-    model = load_run_model(run.path, weights)
-    class_names = run.class_names()
+    predict, size, class_names, policy, model = _open_source(Path(source), weights, labels)
+    if explain is not None and model is None:
+        raise TltkError(f"--explain: {source} is not a Keras model; Grad-CAM needs a run "
+                        "directory or a .keras file")
     paths = expand_inputs(items)
-    probs, kept, errors = predict_images(model, paths, resize_policy(run), batch_size)
+    probs, kept, errors = predict_images(predict, size, len(class_names), paths, policy,
+                                         batch_size)
     results = {}
     for path, row in zip(kept, probs):
         order = np.argsort(-row, kind="stable")[:top]
         results[path] = {"path": str(path), "predictions": [
             {"label": class_names[i], "probability": float(row[i])} for i in order]}
+    if explain is not None and kept:
+        from tltk.evaluation.gradcam import explain_files
+
+        images = np.stack([read_image(path, size, policy) for path in kept])
+        for path, heatmap in zip(kept, explain_files(model, images, kept, explain)):
+            results[path]["heatmap"] = str(heatmap)
     for path, reason in errors:
         results[path] = {"path": str(path), "error": reason}
     return [results[path] for path in paths]
+
+
+def _open_source(source: Path, weights: str, labels):
+    """(predict, input size, class names, resize policy, Keras model or None)."""
+    from tltk.evaluation.export import open_export, read_labels
+
+    if source.is_file() or (source / "saved_model.pb").is_file():
+        predict, size, model = open_export(source)
+        names = read_labels(source, labels)
+        outputs = predict(np.zeros((1, size, size, 3), np.float32)).shape[-1]
+        if len(names) != outputs:
+            raise TltkError(f"--labels: {len(names)} class names for a model of {outputs} "
+                            "outputs; pass the labels.txt written with it")
+        # An export takes the image resized to its input size, by tltk's default (stretch).
+        return predict, size, names, "stretch", model
+    run = open_run(source)
+    model = load_run_model(run.path, weights)
+    return (model.predict_on_batch, input_size(model), run.class_names(), resize_policy(run),
+            model)
 
 
 def format_predictions(results: list[dict], fmt: str = "table") -> str:
@@ -181,6 +214,8 @@ def _text_table(results: list[dict]) -> str:
             lines.append(f"  error: {result['error']}")
         for rank, pred in enumerate(result.get("predictions", []), start=1):
             lines.append(f"  {rank}. {pred['label']:<{width}} {100 * pred['probability']:6.2f}%")
+        if "heatmap" in result:
+            lines.append(f"  Grad-CAM: {result['heatmap']}")
     return "\n".join(lines)
 
 
