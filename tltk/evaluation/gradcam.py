@@ -79,3 +79,28 @@ def explain_files(model: keras.Model, images: np.ndarray, paths, out_dir) -> lis
         Image.fromarray(overlay(image.astype(np.uint8), cam)).save(target)
         written.append(target)
     return written
+
+
+def mistake_overlays(run_dir, weights: str, paths) -> list[np.ndarray | None] | None:
+    """Grad-CAM overlays (of the predicted class) for a report's mistake grid, one per
+    path (None for an unreadable image); None when the run's model cannot be explained
+    (a missing model file, or not a tltk classifier): the grid then shows plain images."""
+    from tltk.evaluation.predict import input_size, load_run_model, read_image, resize_policy
+    from tltk.rundir import open_run
+
+    run = open_run(run_dir)
+    try:
+        model = load_run_model(run.path, weights.split("+")[0])  # best+tta: the best model
+        _parts(model)
+    except TltkError:
+        return None
+    size, policy = input_size(model), resize_policy(run)
+    overlays = []
+    for path in paths:
+        try:
+            image = read_image(path, size, policy)
+        except ValueError:
+            overlays.append(None)
+            continue
+        overlays.append(overlay(image.astype(np.uint8), gradcam(model, image[None])[0]))
+    return overlays
