@@ -146,17 +146,20 @@ def test_exported_keras_and_new_run_models_load_without_tltk(run_and_model, data
     from tltk.config import HeadConfig
     from tltk.models.backbones import build_backbone
     from tltk.models.heads import build_classifier
+    from tltk.optim.schedules import OneCycle
+    from tltk.rundir import save_model
 
     run, model = run_and_model  # saved with tltk's Preprocess layer, as runs were before
     path = export.export_model(run.path, "keras", tmp_path / "model.keras")
     new = build_classifier(build_backbone(TINY, "none", SIZE), TINY, 3, HeadConfig(layers=1))
-    new.save(tmp_path / "new.keras")  # how a run saves best.keras now
+    new.compile(keras.optimizers.Adam(OneCycle(1e-3, total_steps=10)), "categorical_crossentropy")
+    save_model(new, tmp_path / "new.keras")  # as a run saves best.keras, mid-stage
     batch = np.stack([predict.read_image(p, SIZE) for p in sorted(data_root.rglob("*.png"))])
     np.save(tmp_path / "batch.npy", batch)
     out = without_tltk("""
         import json, sys, keras, numpy as np
         batch = np.load(sys.argv[3])
-        print(json.dumps([keras.models.load_model(p, safe_mode=True).predict(batch, verbose=0)
+        print(json.dumps([keras.models.load_model(p).predict(batch, verbose=0)
                           .tolist() for p in sys.argv[1:3]]))
     """, path, tmp_path / "new.keras", tmp_path / "batch.npy")
     exported, rebuilt = map(np.array, json.loads(out.strip().splitlines()[-1]))

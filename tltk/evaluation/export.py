@@ -28,6 +28,7 @@ from tltk.data.core import decode_image_bytes, prepare_image
 from tltk.errors import TltkError
 from tltk.evaluation.metrics import load_model
 from tltk.evaluation.predict import input_size, load_run_model, resize_policy
+from tltk.log import native_stderr_muted
 from tltk.models.preprocessing import builtin_preprocess
 from tltk.rundir import RunDir, open_run, save_model, write_bytes, write_text
 
@@ -148,7 +149,8 @@ def _tflite_bytes(model: keras.Model, quantize: str, int8_io: str, representativ
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             converter.inference_input_type = converter.inference_output_type = \
                 tf.as_dtype(int8_io)
-        return converter.convert()
+        with native_stderr_muted():  # the converter's native notices (MLIR, quantizer)
+            return converter.convert()
 
 
 def load_exported(path: str | Path, fmt: str, threads: int | None = None):
@@ -179,7 +181,8 @@ class TFLiteModel:
         # own copy is deprecated. It has wheels for every Python tltk supports (3.10-3.12).
         from ai_edge_litert.interpreter import Interpreter
 
-        self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        with native_stderr_muted():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
+            self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
         self.source = self.interpreter.get_input_details()[0]
         self.target = self.interpreter.get_output_details()[0]
         self.size = int(self.source["shape"][1])
