@@ -181,8 +181,7 @@ class TFLiteModel:
         # own copy is deprecated. It has wheels for every Python tltk supports (3.10-3.12).
         from ai_edge_litert.interpreter import Interpreter
 
-        with native_stderr_muted():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
-            self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
         self.source = self.interpreter.get_input_details()[0]
         self.target = self.interpreter.get_output_details()[0]
         self.size = int(self.source["shape"][1])
@@ -191,7 +190,8 @@ class TFLiteModel:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         if self.batch != len(images):  # resizing re-plans the graph: only when it changes
             self.interpreter.resize_tensor_input(self.source["index"], images.shape)
-            self.interpreter.allocate_tensors()
+            with native_stderr_muted():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
+                self.interpreter.allocate_tensors()
             self.batch = len(images)
         self.interpreter.set_tensor(self.source["index"], _quantize(images, self.source))
         self.interpreter.invoke()

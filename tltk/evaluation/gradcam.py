@@ -60,7 +60,7 @@ def _parts(model: keras.Model):
                         "run directory or its .keras file") from None
 
 
-def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.4) -> np.ndarray:
     """The image (uint8 RGB) with the heatmap resized onto it in the jet colormap."""
     size = image.shape[:2]
     heat = tf.image.resize(heat[..., None], size, method="bilinear").numpy()[..., 0]
