@@ -77,3 +77,18 @@ def test_explain_needs_a_keras_classifier(tmp_path):
     plain = keras.Model(inputs, keras.layers.Dense(2, name="predictions")(inputs))
     with pytest.raises(TltkError, match="--explain: model .* is not a tltk classifier"):
         gradcam(plain, np.zeros((1, SIZE, SIZE, 3), np.float32))
+
+
+@pytest.mark.slow
+def test_report_grid_gets_overlays_for_a_classifier_run(region_model, tmp_path):
+    from tests.evaluation.conftest import make_image_folder, make_run
+    from tltk.evaluation.gradcam import mistake_overlays
+
+    data = make_image_folder(tmp_path / "shapes", per_class=2)
+    run, _ = make_run(tmp_path / "run", data)  # best.keras: a plain model, not a classifier
+    photos = sorted(data.rglob("*.png"))[:2] + [tmp_path / "gone.png"]
+    assert mistake_overlays(run.path, "best", photos) is None
+    region_model.save(run.file("best.keras"))
+    run.write_json("classes.json", ["horizontal", "vertical"])
+    first, second, gone = mistake_overlays(run.path, "best+tta", photos)
+    assert first.shape == (SIZE, SIZE, 3) and second.dtype == np.uint8 and gone is None
