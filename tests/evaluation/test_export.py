@@ -60,6 +60,8 @@ def test_export_refuses_bad_targets(run_and_model, tmp_path):
     (tmp_path / "taken" / "file").write_text("x")
     with pytest.raises(TltkError, match="already exists"):
         export.export_model(run.path, "savedmodel", tmp_path / "taken")
+    with pytest.raises(TltkError, match="must end in .tflite"):
+        measure.export_and_measure(run.path, [("tflite", "int8")], out=tmp_path / "m.lite")
     with pytest.raises(TltkError, match="--quantize int8: only TFLite"):
         export.export_model(run.path, "keras", tmp_path / "m.keras", quantize="int8")
 

@@ -29,7 +29,7 @@ from tltk.errors import TltkError
 from tltk.evaluation.metrics import load_model
 from tltk.evaluation.predict import input_size, load_run_model, resize_policy
 from tltk.log import native_stderr_muted
-from tltk.models.preprocessing import builtin_preprocess
+from tltk.models.preprocessing import Preprocess, builtin_preprocess
 from tltk.rundir import RunDir, open_run, save_model, write_bytes, write_text
 
 EXPORT_FORMATS = ("keras", "savedmodel", "tflite")
@@ -49,11 +49,7 @@ def export_model(run_dir: str | Path, fmt: str, out: str | Path, weights: str = 
     """
     _check_options(fmt, quantize, int8_io, representative)
     run = open_run(run_dir)
-    out = Path(out)
-    if fmt == "keras" and out.suffix != ".keras":
-        raise TltkError(f"--out: a Keras model file must end in .keras, got {out}")
-    if fmt == "savedmodel" and out.exists() and not _replaceable_folder(out):
-        raise TltkError(f"--out: {out} already exists; choose a new folder or delete it")
+    out = check_target(fmt, out)
     model = plain_model(load_run_model(run.path, weights))
     if fmt == "keras":
         save_model(model, out)
@@ -80,10 +76,22 @@ def _check_options(fmt: str, quantize: str, int8_io: str, representative) -> Non
         raise TltkError("--quantize int8: needs representative training images to calibrate")
 
 
+def check_target(fmt: str, out: str | Path) -> Path:
+    """Refuse an `--out` that the format cannot be written to; returns it as a Path."""
+    out = Path(out)
+    if fmt == "keras" and out.suffix != ".keras":
+        raise TltkError(f"--out: a Keras model file must end in .keras, got {out}")
+    if fmt == "tflite" and out.suffix != ".tflite":
+        raise TltkError(f"--out: a TFLite model file must end in .tflite, got {out}")
+    if fmt == "savedmodel" and out.exists() and not _replaceable_folder(out):
+        raise TltkError(f"--out: {out} already exists; choose a new folder or delete it")
+    return out
+
+
 def plain_model(model: keras.Model) -> keras.Model:
     """The model with tltk's `Preprocess` layer (in runs saved before) replaced by built-in
     layers, sharing every other layer, so it saves to a file plain Keras can load."""
-    if not any(layer is not builtin_preprocess(layer) for layer in model.layers):
+    if not any(isinstance(layer, Preprocess) for layer in model.layers):
         return model
     return keras.models.clone_model(model, clone_function=builtin_preprocess)
 

@@ -28,7 +28,7 @@ from tltk import data as tltk_data
 from tltk.config import RunConfig
 from tltk.data.core import decode_split, subsample_per_class, subset
 from tltk.errors import TltkError
-from tltk.evaluation.export import export_model, load_exported
+from tltk.evaluation.export import check_target, export_model, load_exported
 from tltk.evaluation.metrics import default_k, topk_accuracy
 from tltk.evaluation.predict import input_size, load_run_model, resize_policy
 from tltk.rundir import open_run, read_csv, write_csv
@@ -58,10 +58,33 @@ def export_and_measure(run_dir, exports, out_dir=None, weights: str = "best",
     training images (calibration), every export its test (or val) images.
     """
     run = open_run(run_dir)
+    out_dir = Path(out_dir) if out_dir else run.file("exports")
+    targets = [Path(out) if out else out_dir / FILE_NAMES[pair] for pair in exports]
+    for (fmt, _), path in zip(exports, targets):
+        check_target(fmt, path)  # before the data is loaded: a wrong --out fails at once
     config = RunConfig.load(run.file("config.yaml"))
     model = load_run_model(run.path, weights)
-    size, policy = input_size(model), resize_policy(run)
     calibrate = any(quantize == "int8" for _, quantize in exports)
+    data = _measuring_data(config, input_size(model), resize_policy(run), calibrate)
+    reference = _predict(lambda x: np.asarray(model.predict_on_batch(x)), data["images"])
+    rows = []
+    for (fmt, quantize), path in zip(exports, targets):
+        export_model(run.path, fmt, path, weights, quantize, int8_io, data["representative"])
+        probs = _predict(load_exported(path, fmt), data["images"])
+        row = {"format": fmt, "quantization": quantize,
+               "io": int8_io if quantize == "int8" else "float32", "file": str(path),
+               "size_kb": round(_size(path) / 1e3, 1), "split": data["split"],
+               "images": len(data["labels"]), "k": data["k"],
+               **_accuracy(probs, reference, data["labels"], data["k"]),
+               **{_latency_column(n): latency(path, fmt, n, data["images"]) for n in THREADS}}
+        append_row(run.file(EXPORTS_CSV), row)
+        rows.append(row)
+    return rows
+
+
+def _measuring_data(config: RunConfig, size: int, policy: str, calibrate: bool) -> dict:
+    """The evaluation split's uint8 images and labels, k, and (`calibrate`) the int8
+    calibration images; a one-line error when the images they need are gone."""
     calibration_need = "--quantize int8 calibrates on the run's training images"
     dataset = _load_data(config, calibration_need if calibrate else
                          "measuring an export needs the run's evaluation images")
@@ -73,24 +96,10 @@ def export_and_measure(run_dir, exports, out_dir=None, weights: str = "best",
         keep = subsample_per_class(train.labels, CALIBRATION_PER_CLASS, config.seed)
         representative = decode_split(subset(train, keep), size, resize_policy=policy)
     _require_files(dataset.splits[split], f"measuring an export needs the run's {split} images")
-    images = decode_split(dataset.splits[split], size, resize_policy=policy)
-    labels = dataset.splits[split].labels
-    reference = _predict(lambda x: np.asarray(model.predict_on_batch(x)), images)
-    k = config.top_k or default_k(dataset.num_classes)
-    out_dir = Path(out_dir) if out_dir else run.file("exports")
-    rows = []
-    for fmt, quantize in exports:
-        path = Path(out) if out else out_dir / FILE_NAMES[(fmt, quantize)]
-        export_model(run.path, fmt, path, weights, quantize, int8_io, representative)
-        probs = _predict(load_exported(path, fmt), images)
-        row = {"format": fmt, "quantization": quantize,
-               "io": int8_io if quantize == "int8" else "float32", "file": str(path),
-               "size_kb": round(_size(path) / 1e3, 1), "split": split, "images": len(labels),
-               "k": k, **_accuracy(probs, reference, labels, k),
-               **{_latency_column(n): latency(path, fmt, n, images) for n in THREADS}}
-        append_row(run.file(EXPORTS_CSV), row)
-        rows.append(row)
-    return rows
+    return {"split": split, "labels": dataset.splits[split].labels,
+            "images": decode_split(dataset.splits[split], size, resize_policy=policy),
+            "representative": representative,
+            "k": config.top_k or default_k(dataset.num_classes)}
 
 
 def _load_data(config: RunConfig, need: str):
