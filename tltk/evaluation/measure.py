@@ -185,7 +185,7 @@ def _timed_in_process(path: str, fmt: str, threads: str, images: str) -> None:
 
     tf.config.threading.set_intra_op_parallelism_threads(int(threads))
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    print(median_latency(load_exported(Path(path), fmt), np.load(images)))
+    print(median_latency(load_exported(Path(path), fmt), np.load(images, allow_pickle=False)))
 
 
 def append_row(path: Path, row: dict) -> None:
