@@ -285,11 +285,18 @@ def ensemble(runs, out):
 @click.option("--top", type=int, default=5, show_default=True, help="Labels per image.")
 @click.option("--weights", type=click.Choice(["best", "final", "ema"]), default="best")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
-def predict_command(run_dir, images, top, weights, fmt):
-    """Print the top labels of each IMAGE (files or folders, recursively) for a run."""
+@click.option("--labels", type=click.Path(), help="Class names of an exported model, one a "
+              "line (default: the labels.txt beside it).")
+@click.option("--explain", is_flag=True, help="Write a Grad-CAM heatmap of each image.")
+@click.option("--explain-dir", default="gradcam", show_default=True, type=click.Path(),
+              help="Folder for the --explain heatmaps.")
+def predict_command(run_dir, images, top, weights, fmt, labels, explain, explain_dir):
+    """Print the top labels of each IMAGE (files or folders, recursively) for a run
+    directory or an exported model (.keras, .tflite, SavedModel folder)."""
     from tltk.evaluation.predict import format_predictions, predict_files
 
-    results = predict_files(run_dir, images, top=top, weights=weights)
+    results = predict_files(run_dir, images, top=top, weights=weights, labels=labels,
+                            explain=explain_dir if explain else None)
     click.echo(format_predictions(results, fmt))
     failed = [r["path"] for r in results if "error" in r]
     if failed:
@@ -301,18 +308,34 @@ def predict_command(run_dir, images, top, weights, fmt):
 
 @main.command("export")
 @click.argument("run_dir", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["keras", "savedmodel", "tflite"]),
-              required=True)
-@click.option("--out", required=True, type=click.Path(), help="File (.keras/.tflite) or folder.")
+@click.option("--format", "fmt", type=click.Choice(["keras", "savedmodel", "tflite", "all"]),
+              required=True, help="all: every format and TFLite quantization.")
+@click.option("--quantize", type=click.Choice(["none", "dynamic", "float16", "int8"]),
+              default="none", show_default=True,
+              help="TFLite only; int8 is full-integer, calibrated on training images.")
+@click.option("--int8-io", type=click.Choice(["uint8", "int8"]), default="uint8",
+              show_default=True, help="Input and output type of an int8 TFLite model.")
+@click.option("--out", type=click.Path(), help="File (.keras/.tflite) or folder "
+              "(savedmodel, all); default: RUN/exports/.")
 @click.option("--weights", type=click.Choice(["best", "final", "ema"]), default="best")
-def export_command(run_dir, fmt, out, weights):
-    """Export a run's model; the export is checked against the Keras model."""
-    from tltk.evaluation.export import check_export, export_model
+def export_command(run_dir, fmt, quantize, int8_io, out, weights):
+    """Export a run's model, measure it on the run's test split, append RUN/exports.csv."""
+    from tltk.evaluation.export import TFLiteModel
+    from tltk.evaluation.measure import FILE_NAMES, export_and_measure, format_rows
 
-    path = export_model(run_dir, fmt, out, weights)
-    diff = check_export(run_dir, path, fmt, weights)
-    click.echo(f"wrote {path} (max |probability difference| vs Keras on random images: "
-               f"{diff:.2e})")
+    if fmt == "all":
+        rows = export_and_measure(run_dir, list(FILE_NAMES), out_dir=out, weights=weights,
+                                  int8_io=int8_io)
+    else:
+        rows = export_and_measure(run_dir, [(fmt, quantize)], weights=weights,
+                                  int8_io=int8_io, out=out)
+    for row in rows:
+        click.echo(f"wrote {row['file']}")
+        if row["format"] == "tflite":
+            click.echo(f"  {TFLiteModel(row['file']).contract()}")
+    click.echo(format_rows(rows))
+    click.echo(f"{rows[0]['split']} split, {rows[0]['images']} images; appended "
+               f"{len(rows)} row(s) to {os.path.join(run_dir, 'exports.csv')}")
 
 
 full_original_options = _options(

@@ -84,7 +84,12 @@ def array_split(images: np.ndarray, labels: np.ndarray, tag: str) -> Split:
 
 def decode_image_file(path: tf.Tensor) -> tf.Tensor:
     """Decode a JPEG/PNG/GIF/BMP file to uint8 RGB (first frame of animations)."""
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    return decode_image_bytes(tf.io.read_file(path))
+
+
+def decode_image_bytes(data: tf.Tensor) -> tf.Tensor:
+    """Decode encoded JPEG/PNG/GIF/BMP bytes to uint8 RGB (first frame of animations)."""
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
     return tf.ensure_shape(image, [None, None, 3])
 
 

@@ -155,10 +155,13 @@ def _thumbnail(path: str, size: int = 160):
         return None
 
 
-def plot_misclassified(mistakes: pd.DataFrame, path: str | Path, columns: int = 4) -> Path:
+def plot_misclassified(mistakes: pd.DataFrame, path: str | Path, columns: int = 4,
+                       heatmaps=None) -> Path:
     """A grid of misclassified images titled with true and predicted label and confidence.
 
-    `mistakes` is `tltk.evaluation.analysis.misclassified(...)` with its `path` column.
+    `mistakes` is `tltk.evaluation.analysis.misclassified(...)` with its `path` column;
+    `heatmaps`, one image per row (`tltk.evaluation.gradcam.mistake_overlays`), replaces
+    the photos with their Grad-CAM overlays.
     """
     count = max(len(mistakes), 1)
     columns = min(columns, count)
@@ -167,8 +170,9 @@ def plot_misclassified(mistakes: pd.DataFrame, path: str | Path, columns: int = 
     axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
     for ax in axes:
         ax.axis("off")
-    for ax, item in zip(axes, mistakes.itertuples(index=False)):
-        pixels = _thumbnail(item.path)
+    heatmaps = heatmaps or [None] * len(mistakes)
+    for ax, item, heat in zip(axes, mistakes.itertuples(index=False), heatmaps):
+        pixels = _thumbnail(item.path) if heat is None else heat
         if pixels is None:
             ax.text(0.5, 0.5, "image unreadable", ha="center", va="center", fontsize=8)
         else:

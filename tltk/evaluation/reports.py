@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from tltk.errors import TltkError
-from tltk.evaluation import analysis, plots
+from tltk.evaluation import analysis, gradcam, plots
 from tltk.evaluation.metrics import default_k
 from tltk.rundir import REEVALUATE, RunDir, damaged, open_run, read_csv, write_csv, write_text
 
@@ -372,8 +372,12 @@ def _analysis_section(doc: _Doc, run: RunDir, figures: Path, class_names, picked
     if result.mistakes.empty:
         doc.para("No misclassified images.")
     elif result.has_paths:
-        doc.image(plots.plot_misclassified(result.mistakes, figures / f"misclassified-{tag}.png"),
-                  "misclassified images")
+        heat = gradcam.mistake_overlays(run.path, weights, result.mistakes["path"])
+        doc.image(plots.plot_misclassified(result.mistakes, figures / f"misclassified-{tag}.png",
+                                           heatmaps=heat), "misclassified images")
+        if heat is not None:
+            doc.para("Grad-CAM of the predicted class at the backbone's last feature map: "
+                     "red marks the regions that drove the wrong prediction.")
     else:
         doc.para(f"The {split} split is not file-backed (its predictions carry no `paths`), "
                  "so no image grid is shown; the mistakes are listed by example index.")
