@@ -497,3 +497,15 @@ def _features(ctx: Context, stage: StageConfig, lower: keras.Model, cut: str, ch
     cache = FeatureCache(cfg.cache_dir)
     return cache.get(lower, ctx.dataset.splits[split], key, make_inputs, views,
                      desc=f"features {split}")
+
+
+def frozen_features(ctx: Context, split: str) -> np.ndarray:
+    """Pooled features [N, D] of the frozen classifier on one split, from (or into) the
+    very cache a frozen stage trains on, so `tltk audit` leaves `train` nothing to extract.
+
+    Example::
+
+        frozen_features(ctx, "val").shape  # -> (649, 1280)
+    """
+    lower, _, cut = split_at_blocks(ctx.model, ctx.spec, [])
+    return _features(ctx, None, lower, cut, weights_checksum(lower), split, 1)[0]
