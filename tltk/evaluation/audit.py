@@ -103,15 +103,18 @@ def audit(config, out: str | Path | None = None, threshold: float = FEATURE_THRE
     start = time.time()
     dataset = tltk_data.load(config.data, seed=config.seed)
     items = _items(config, dataset)
+    times = {"load": time.time() - start}
     feats = _features(config, dataset)
+    times["features"] = time.time() - start - sum(times.values())
     sigs = signatures(items.root, items.scanned) if items.scanned else None
     names = dataset.class_names
     exact = _exact_groups(items, sigs, names)
     near, links = _near_pairs(items, feats, sigs, exact, threshold, names)
     groups = components(len(items.labels), links)
-    findings = [*exact, *near, *_group_findings(items, groups, names),
-                *_label_errors(items, feats, groups, names), *_balance(items, names),
-                *_image_checks(items, names), *_unreadable(dataset)]
+    suspects = _label_errors(items, feats, groups, names)
+    times["duplicates and label errors"] = time.time() - start - sum(times.values())
+    findings = [*exact, *near, *_group_findings(items, groups, names), *suspects,
+                *_balance(items, names), *_image_checks(items, names), *_unreadable(dataset)]
     table = pd.DataFrame([f.row() for f in findings],
                          columns=["kind", "files", "classes", "splits", "score", "detail"])
     seconds = time.time() - start
@@ -119,7 +122,7 @@ def audit(config, out: str | Path | None = None, threshold: float = FEATURE_THRE
         out = Path(out)
         write_csv(out / "audit.csv", table)
         write_text(out / "audit.html", _html(config, dataset, items, findings, seconds))
-    for line in summary(table, items, names, seconds, out):
+    for line in summary(table, items, names, seconds, out, times):
         say(line)
     return table
 
@@ -280,13 +283,15 @@ def _unreadable(dataset) -> list[Finding]:
             for path, reason in dataset.skipped]
 
 
-def summary(table: pd.DataFrame, items: Items, names, seconds: float, out) -> list[str]:
+def summary(table: pd.DataFrame, items: Items, names, seconds: float, out,
+            times: dict) -> list[str]:
     """The terminal summary: counts per kind, class counts, where the files are."""
     counts = table.kind.value_counts()
     per_split = pd.Series(items.splits).value_counts()
     lines = [f"audited {len(items.labels)} images ("
              + ", ".join(f"{s} {per_split[s]}" for s in dict.fromkeys(items.splits))
-             + f") in {seconds:.0f} s",
+             + f") in {seconds:.0f} s: "
+             + ", ".join(f"{what} {t:.0f} s" for what, t in times.items()),
              "classes: " + ", ".join(f"{n} {c}" for n, c in
                                      zip(names, np.bincount(items.labels, minlength=len(names))))]
     lines += [f"  {kind:<19}{counts.get(kind, 0):>5}" for kind in KINDS]
