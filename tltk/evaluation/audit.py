@@ -5,14 +5,15 @@ frozen backbone's pooled features from the cache the bottleneck stage trains on
 (`tltk.engine.stage.frozen_features`), so a later `train` with the same settings extracts
 nothing. Findings, one row each in `audit.csv`:
 
-| kind | what |
-|---|---|
-| `exact_duplicate` | files with the same bytes, or the same decoded pixels |
-| `near_duplicate` | a pair whose pooled features reach `FEATURE_THRESHOLD` (cosine), or whose thumbnails reach `duplicates.PIXEL_THRESHOLD` |
-| `conflicting_labels` | a duplicate group whose files sit in different classes |
-| `leak` | a duplicate group spread over train/val/test of the split tltk makes |
-| `label_error` | confident learning (cleanlab) on out-of-fold probabilities of a logistic regression on the features |
-| `class_imbalance`, `tiny_image`, `extreme_aspect`, `unreadable` | from the scan and the class counts |
+- `exact_duplicate`: files with the same bytes, or the same decoded pixels;
+- `near_duplicate`: a pair whose pooled features reach `FEATURE_THRESHOLD` (cosine), or
+  whose thumbnails reach `duplicates.PIXEL_THRESHOLD`;
+- `conflicting_labels`: a duplicate group whose files sit in different classes;
+- `leak`: a duplicate group spread over train/val/test of the split tltk makes;
+- `label_error`: confident learning (cleanlab) on out-of-fold probabilities of a
+  logistic regression on the features;
+- `class_imbalance`, `tiny_image`, `extreme_aspect`, `unreadable`: from the class counts
+  and the scan.
 
 `audit.html` shows each finding's images side by side (embedded, one self-contained file).
 
