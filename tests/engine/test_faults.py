@@ -30,7 +30,8 @@ from tltk.evaluation.metrics import load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPLETE = {"config.yaml", "run.json", "classes.json", "history.csv", "best.keras",
-            "final.keras", "metrics.csv", "predictions", "report.md", "report.html", "report"}
+            "final.keras", "metrics.csv", "predictions", "report.md", "report.html", "report",
+            "mistakes.csv", "tensorboard"}
 
 
 def demo_config(out=None, **kw) -> RunConfig:
