@@ -70,3 +70,12 @@ def test_audit_of_an_unknown_source_is_one_line(tmp_path):
     result = CliRunner().invoke(main, ["audit", str(tmp_path / "nothing")])
     assert result.exit_code == 2
     assert "DATA: " in result.output and "neither a folder nor a dataset name" in result.output
+
+
+def test_audit_with_an_untrained_backbone_is_one_line(tmp_path):
+    data = planted_folder(tmp_path / "photos")
+    result = CliRunner().invoke(main, ["audit", str(data), "--backbone", "scratch",
+                                       "--out", str(tmp_path / "audit")])
+    assert result.exit_code == 2, result.output
+    assert "--backbone: scratch is untrained" in result.output
+    assert not (tmp_path / "audit").exists()

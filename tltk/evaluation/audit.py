@@ -43,6 +43,7 @@ from tltk.data.duplicates import (
     signatures,
     similar_pairs,
 )
+from tltk.errors import TltkError
 from tltk.log import log
 from tltk.rundir import write_csv, write_text
 
@@ -58,6 +59,7 @@ MAX_ASPECT = 3.0  # a stretch resize distorts such images more than 3:1
 MIN_CLASS_SHARE = 1 / 3
 FOLDS = 5  # out-of-fold probabilities: each image is predicted by a model that never saw it
 HTML_ROWS = 100  # findings per kind shown in audit.html (audit.csv has all)
+SHOWN_FILES = 4  # files of one finding named on the terminal (audit.csv names all)
 THUMB_PX = 128  # longest side of an image in audit.html
 KINDS = ("exact_duplicate", "near_duplicate", "conflicting_labels", "leak", "label_error",
          "class_imbalance", "tiny_image", "extreme_aspect", "unreadable")
@@ -155,6 +157,10 @@ def _features(config, dataset) -> np.ndarray:
     from tltk.models.heads import build_classifier
 
     spec = config_backbone(config)
+    if not spec.pretrained:
+        raise TltkError(f"--backbone: {spec.name} is untrained, so its features say nothing "
+                        "about near duplicates or labels; audit with a pretrained backbone "
+                        "(e.g. --backbone mobilenetv2 --weights FILE, or a .keras model file)")
     size = config.data.image_size or spec.default_size
     check_image_size(spec, size)
     backbone = build_backbone(spec, config.weights if spec.pretrained else "none", size)
@@ -236,7 +242,7 @@ def _label_errors(items: Items, feats, groups, names) -> list[Finding]:
     from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 
     labels = items.labels
-    folds = min(FOLDS, int(np.bincount(labels).min()))
+    folds = min(FOLDS, int(np.bincount(labels).min()), len(np.unique(groups)))
     if folds < 2 or len(np.unique(labels)) < 2:
         return []
     unit = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
@@ -299,7 +305,9 @@ def summary(table: pd.DataFrame, items: Items, names, seconds: float, out,
     for kind in ("conflicting_labels", "leak", "label_error"):
         rows = table[table.kind == kind]
         for row in rows.head(3).itertuples():
-            lines.append(f"  {kind}: {row.files} ({row.detail})")
+            files = row.files.split(" | ")
+            more = f" | ... {len(files) - SHOWN_FILES} more" if len(files) > SHOWN_FILES else ""
+            lines.append(f"  {kind}: {' | '.join(files[:SHOWN_FILES])}{more} ({row.detail})")
         if len(rows) > 3:
             lines.append(f"  ... {len(rows) - 3} more {kind} rows")
     if out is not None:
