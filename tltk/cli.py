@@ -591,5 +591,35 @@ def data_describe(dataset, data_path, data_dir, out, split, val_fraction, test_f
         click.echo(path)
 
 
+@main.command()
+@click.argument("data")
+@click.option("--recipe", default="folder", show_default=True,
+              help="Recipe whose split, image size and feature cache to audit with.")
+@model_options
+@click.option("--image-size", type=int, help="Input size in pixels (default: backbone's).")
+@click.option("--data-dir", help="tfds data_dir, when DATA names a tfds dataset.")
+@run_options
+@click.option("--threshold", type=float, help="Cosine of pooled features at which two "
+              "images are near duplicates (default 0.92, measured on flowers-128).")
+@click.option("--out", type=click.Path(), help="Folder for audit.csv and audit.html "
+              "(default audit-<data>).")
+@set_option
+def audit(data, recipe, threshold, out, sets, **flags):
+    """Find duplicates, leaks across the split, conflicting labels, likely label errors
+    and odd images in DATA (an image folder, or a dataset name such as flowers)."""
+    from tltk.methods.audit import FEATURE_THRESHOLD
+    from tltk.methods.audit import audit as run_audit
+
+    source = {"data": data} if os.path.isdir(data) else {"dataset": data}
+    if not os.path.isdir(data) and data not in ("demo", "flowers", "dogs", "dogs-v2"):
+        raise TltkError(f"DATA: {data} is neither a folder nor a dataset name (demo, flowers, "
+                        "dogs, dogs-v2); give the image folder's path")
+    config = _config(recipe, None, {**flags, **source}, sets)
+    if os.path.isdir(data):
+        config = config.override({"data.dataset": "folder"})
+    name = os.path.basename(os.path.normpath(data))
+    run_audit(config, out or f"audit-{name}", threshold or FEATURE_THRESHOLD, say=click.echo)
+
+
 if __name__ == "__main__":
     main()
