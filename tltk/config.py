@@ -21,7 +21,7 @@ from typing import Any, Union
 
 import yaml
 
-from tltk.errors import TltkError
+from tltk.errors import TltkError, did_you_mean
 
 # A stage's `unfreeze`: how many named backbone blocks, counted from the top, are
 # trainable (0 = frozen backbone), "all" for the whole backbone, or explicit block names.
@@ -323,11 +323,13 @@ def _set_path(data: dict, parts: list[str], value, key: str) -> None:
     if isinstance(data, list):  # stages addressed by name
         matches = [item for item in data if item.get("name") == head]
         if not matches:
-            raise TltkError(f"{key}: no stage named '{head}'")
+            names = [item.get("name") for item in data]
+            raise TltkError(f"{key}: no stage named '{head}'{did_you_mean(head, names) or ';'} "
+                            f"stages: {', '.join(names)}")
         target = matches[0]
     elif head not in data:
-        raise TltkError(f"{key}: unknown config key '{head}'; valid keys there: "
-                        f"{', '.join(sorted(data))}")
+        raise TltkError(f"{key}: unknown config key '{head}'{did_you_mean(head, data) or ';'} "
+                        f"valid keys there: {', '.join(sorted(data))}")
     else:
         target = data
     if not rest:
