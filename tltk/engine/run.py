@@ -52,7 +52,7 @@ from tltk.models.backbones import (
     weights_label,
 )
 from tltk.models.heads import build_classifier
-from tltk.rundir import RunDir, save_model, write_csv
+from tltk.rundir import RunDir, model_bytes, require_space, save_model, write_csv
 
 
 @dataclass
@@ -213,6 +213,11 @@ def prepare(config: RunConfig, spec: BackboneSpec, say=log, strategy=None) -> Co
         write_csv(run.file("skipped.csv"), skipped)
         say(f"skipped {len(dataset.skipped)} unreadable files: see {run.file('skipped.csv')}")
     model = build_classifier(backbone, spec, dataset.num_classes, config.head)
+    try:
+        require_space(run.path, run_bytes(model, run.path), "the run")
+    except TltkError:
+        run.close()
+        raise
     trackers = Trackers(HistoryWriter(run), BestModelSaver(model, run))
     callbacks = [trackers.history, trackers.saver, EpochLogger(say)]
     ctx = Context(config, spec, dataset, model, run, size, config.top_k, trackers, callbacks,
@@ -223,6 +228,21 @@ def prepare(config: RunConfig, spec: BackboneSpec, say=log, strategy=None) -> Co
         run.close()
         raise
     return ctx
+
+
+def run_bytes(model: keras.Model, path: Path) -> int:
+    """Roughly the disk space a run still needs: at its peak it holds best.keras,
+    final.keras and an epoch checkpoint (each the weights with an Adam state of twice
+    their size), a stage's end weights, and one of them again as a temp file while it
+    is written; what the run directory already holds counts as written.
+
+    Example::
+
+        run_bytes(model, Path("runs/x"))  # about 13 times the weights, for a new run
+    """
+    weights = model_bytes(model, optimizer=False)
+    held = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    return max(0, 13 * weights - held)
 
 
 def finish(ctx: Context) -> RunResult:
