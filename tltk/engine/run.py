@@ -143,9 +143,24 @@ def _train(config: RunConfig, spec: BackboneSpec, say, strategy=None,
         ctx.run.close()
         raise
     end_run(ctx)
-    say(f"report: {write_run_report(ctx.run.path)}")
+    write_run_report(ctx.run.path)
+    say_where(ctx.run.path, say)
     runtime.cleanup(ctx.run, strategy)
     return result
+
+
+def say_where(path: Path, say) -> None:
+    """Where a finished run's model and report are, and the Python line that loads it.
+
+    Example:
+        >>> say_where(Path("runs/demo"), print)
+        best model: runs/demo/best.keras
+        report:     runs/demo/report.html
+        in Python:  import tltk; model, class_names = tltk.load_model("runs/demo")
+    """
+    say(f"best model: {path / 'best.keras'}")
+    say(f"report:     {path / 'report.html'}")
+    say(f'in Python:  import tltk; model, class_names = tltk.load_model("{path}")')
 
 
 def end_run(ctx: Context) -> None:
@@ -219,7 +234,9 @@ def prepare(config: RunConfig, spec: BackboneSpec, say=log, strategy=None) -> Co
         run.close()
         raise
     trackers = Trackers(HistoryWriter(run), BestModelSaver(model, run))
-    callbacks = [trackers.history, trackers.saver, EpochLogger(say)]
+    logger = EpochLogger(say, [(s.name, s.epochs) for s in config.stages], config.top_k,
+                         dataset.num_classes)
+    callbacks = [trackers.history, trackers.saver, logger]
     ctx = Context(config, spec, dataset, model, run, size, config.top_k, trackers, callbacks,
                   say)
     try:
@@ -257,6 +274,9 @@ def finish(ctx: Context) -> RunResult:
     models = {"best": load_model(run.file("best.keras")), "final": model}
     if any(stage.ema is not None for stage in config.stages) and run.file("ema.keras").is_file():
         models["ema"] = load_model(run.file("ema.keras"))
+    ctx.log(f"evaluating {' and '.join(models)} weights on "
+            f"{', '.join(ctx.dataset.eval_splits())}"
+            + (" (with flip TTA)" if config.tta != "none" else ""))
     metrics = evaluate_models(models, ctx.dataset, run, ctx.image_size, config.batch_size,
                               ctx.k, config.data.resize, tta=config.tta)
     ctx.log(f"best weights: epoch {saver.best_epoch + 1} of {saver.epochs_seen}, stage "
