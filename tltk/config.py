@@ -183,7 +183,9 @@ class RunConfig:
 
     recipe: str = "custom"
     backbone: str = "mobilenetv2"
-    weights: str = "imagenet"  # imagenet | none | path to a weights file
+    # imagenet | none | path to a weights file; a model-file or hub backbone's run
+    # records "own" (the weights it carries).
+    weights: str = "imagenet"
     backbone_options: BackboneOptions = field(default_factory=BackboneOptions)
     data: DataConfig = field(default_factory=DataConfig)
     head: HeadConfig = field(default_factory=HeadConfig)

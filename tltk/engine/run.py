@@ -43,6 +43,7 @@ from tltk.evaluation.metrics import default_k, evaluate_models, format_table, lo
 from tltk.evaluation.reports import write_run_report
 from tltk.log import log
 from tltk.models.backbones import (
+    OWN_WEIGHTS,
     BackboneSpec,
     build_backbone,
     canonical_backbone,
@@ -96,7 +97,9 @@ def resolve(config: RunConfig, spec: BackboneSpec, dataset: Dataset) -> RunConfi
     """Fill in what the config left open: image size, top-k and the run directory."""
     size = config.data.image_size or spec.default_size
     out = config.out or f"runs/{config.recipe}-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return replace(config, backbone=canonical_backbone(config.backbone),
+    # A model file's weights are its own: config.yaml and the report say so, not 'imagenet'.
+    weights = OWN_WEIGHTS if spec.source and config.weights == "imagenet" else config.weights
+    return replace(config, backbone=canonical_backbone(config.backbone), weights=weights,
                    data=replace(config.data, image_size=size), out=out,
                    top_k=config.top_k or default_k(dataset.num_classes))
 
@@ -281,5 +284,5 @@ def finish(ctx: Context) -> RunResult:
                               ctx.k, config.data.resize, tta=config.tta)
     ctx.log(f"best weights: epoch {saver.best_epoch + 1} of {saver.epochs_seen}, stage "
             f"{saver.best_stage} (val top-1 {100 * saver.best:.2f}%)")
-    ctx.log(format_table(metrics))
+    ctx.log(format_table(metrics, ctx.dataset.num_classes))
     return RunResult(run.path, metrics, model, config)

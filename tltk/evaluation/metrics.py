@@ -110,18 +110,30 @@ def _fault_point(name: str) -> None:
     fault_point(name)
 
 
-def format_table(metrics: pd.DataFrame) -> str:
-    """The thesis's layout: rows = weights, columns = split x {top-1, top-k}."""
+def covers_all(ks, classes: int | None) -> bool:
+    """Whether top-k says nothing: k reaches the number of classes (always 100 %).
+
+    Example:
+        >>> covers_all([2], 2), covers_all([2], 5), covers_all([5], None)
+        (True, False, False)
+    """
+    return classes is not None and len(ks) > 0 and min(int(k) for k in ks) >= classes
+
+
+def format_table(metrics: pd.DataFrame, classes: int | None = None) -> str:
+    """The thesis's layout: rows = weights, columns = split x {top-1, top-k}; top-k is
+    left out when k covers all `classes`."""
     k = int(metrics["k"].iloc[0])
-    wide = metrics.pivot(index="weights", columns="split", values=["top1", "topk"])
+    values = ["top1"] if covers_all([k], classes) else ["top1", "topk"]
+    wide = metrics.pivot(index="weights", columns="split", values=values)
     splits = list(dict.fromkeys(metrics["split"]))
     width = max(8, *(len(w) + 1 for w in metrics["weights"]))  # e.g. "final+tta"
-    header = f"{'weights':<{width}}" + "".join(f"{s + ' top-1':>13}{s + f' top-{k}':>13}"
-                                         for s in splits)
+    labels = {"top1": "top-1", "topk": f"top-{k}"}
+    header = f"{'weights':<{width}}" + "".join(f"{s + ' ' + labels[v]:>13}"
+                                         for s in splits for v in values)
     lines = [header]
     for weights in dict.fromkeys(metrics["weights"]):
-        cells = "".join(f"{wide.loc[weights, ('top1', s)]:>12.2f}%"
-                        f"{wide.loc[weights, ('topk', s)]:>12.2f}%" for s in splits)
+        cells = "".join(f"{wide.loc[weights, (v, s)]:>12.2f}%" for s in splits for v in values)
         lines.append(f"{weights:<{width}}{cells}")
     return "\n".join(lines)
 
@@ -156,7 +168,7 @@ def evaluate_run(run_dir, which: str = "both", write: bool = False) -> pd.DataFr
     k = config.top_k or default_k(dataset.num_classes)
     table = evaluate_models(models, dataset, run, size, config.batch_size, k,
                             config.data.resize, write=write, tta=config.tta)
-    print(format_table(table))
+    print(format_table(table, dataset.num_classes))
     keras.backend.clear_session()
     return table
 
