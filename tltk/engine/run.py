@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,7 +40,14 @@ from tltk.engine.callbacks import (
     Trackers,
 )
 from tltk.errors import TltkError
-from tltk.evaluation.metrics import default_k, evaluate_models, format_table, load_model
+from tltk.evaluation.metrics import (
+    default_k,
+    evaluate_models,
+    format_table,
+    load_model,
+    plus_minus,
+    small_splits_warning,
+)
 from tltk.evaluation.reports import write_run_report
 from tltk.log import log
 from tltk.models.backbones import (
@@ -226,6 +234,9 @@ def prepare(config: RunConfig, spec: BackboneSpec, say=log, strategy=None) -> Co
         + ", ".join(f"{name} {len(s)}" for name, s in dataset.splits.items())
         + (" (resumed)" if run.resumed else ""))
     run.write_json("classes.json", dataset.class_names)
+    warning = small_splits_warning(dataset.sizes())
+    if warning:
+        logging.getLogger(__name__).warning("warning: %s", warning)
     if dataset.skipped:
         skipped = pd.DataFrame(dataset.skipped, columns=["path", "reason"])
         write_csv(run.file("skipped.csv"), skipped)
@@ -282,7 +293,9 @@ def finish(ctx: Context) -> RunResult:
             + (" (with flip TTA)" if config.tta != "none" else ""))
     metrics = evaluate_models(models, ctx.dataset, run, ctx.image_size, config.batch_size,
                               ctx.k, config.data.resize, tta=config.tta)
+    sizes = ctx.dataset.sizes()
+    best = 100 * saver.best
     ctx.log(f"best weights: epoch {saver.best_epoch + 1} of {saver.epochs_seen}, stage "
-            f"{saver.best_stage} (val top-1 {100 * saver.best:.2f}%)")
-    ctx.log(format_table(metrics, ctx.dataset.num_classes))
+            f"{saver.best_stage} (val top-1 {best:.2f}%{plus_minus(best, sizes.get('val'))})")
+    ctx.log(format_table(metrics, ctx.dataset.num_classes, sizes))
     return RunResult(run.path, metrics, model, config)

@@ -27,7 +27,7 @@ import pandas as pd
 
 from tltk.errors import TltkError
 from tltk.evaluation import analysis, plots
-from tltk.evaluation.metrics import covers_all, default_k
+from tltk.evaluation.metrics import covers_all, default_k, interval, plus_minus
 from tltk.rundir import REEVALUATE, RunDir, damaged, open_run, read_csv, write_csv, write_text
 
 SPLIT_ORDER = ("train", "val", "test")
@@ -43,12 +43,14 @@ def ordered(values, order) -> list:
     return [v for v in order if v in unique] + [v for v in unique if v not in order]
 
 
-def metrics_table(metrics: pd.DataFrame, index=("weights",),
-                  classes: int | None = None) -> pd.DataFrame:
+def metrics_table(metrics: pd.DataFrame, index=("weights",), classes: int | None = None,
+                  sizes: dict[str, int] | None = None) -> pd.DataFrame:
     """Pivot `metrics.csv` rows into one row per `index` and `<split> top-1/top-k` columns.
 
     The top-k column is named by its k (`val top-5`) when every row of the split shares
-    it, and left out when k covers all `classes` (it is then always 100 %). An
+    it, and left out when k covers all `classes` (it is then always 100 %). A small
+    split (`sizes`: images per split) gets a `<split> top-1 ±` column, the half-width
+    of the 95 % interval in points (see `metrics.plus_minus`). An
     `outside` column (full-original baselines) becomes `<split> outside`.
 
     Example:
@@ -70,6 +72,10 @@ def metrics_table(metrics: pd.DataFrame, index=("weights",),
         ks = part["k"].dropna().unique()
         k_label = f"top-{int(ks[0])}" if len(ks) == 1 else "top-k"
         columns[f"{split} top-1"] = part["top1"].reindex(row_index)
+        n = (sizes or {}).get(split)
+        if plus_minus(50.0, n):
+            columns[f"{split} top-1 ±"] = columns[f"{split} top-1"].map(
+                lambda top1, n=n: round(interval(top1, n)))
         if not covers_all(ks, classes):
             columns[f"{split} {k_label}"] = part["topk"].reindex(row_index)
         if "outside" in part and part["outside"].notna().any():
@@ -324,7 +330,9 @@ def _metrics_section(doc: _Doc, run: RunDir) -> None:
     doc.heading("Accuracy (%)")
     if run.file("metrics.csv").is_file():
         metrics = run.metrics()
-        doc.table(metrics_table(metrics, classes=len(run.class_names())))
+        sizes = {split: len(run.predictions(weights, split)["labels"])
+                 for weights, split in prediction_files(run) if weights == "best"}
+        doc.table(metrics_table(metrics, classes=len(run.class_names()), sizes=sizes))
         doc.para(_evaluated(metrics, run))
     else:
         doc.para("No metrics.csv: the run has not been evaluated yet.")
