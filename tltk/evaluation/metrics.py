@@ -60,7 +60,9 @@ def small_splits_warning(sizes: dict[str, int]) -> str | None:
 
     Example:
         >>> print(small_splits_warning({"val": 20, "test": 20}))
-        val has 20 images and test 20: their accuracies are uncertain by up to ± 20 points (95 % interval), shown next to each figure; more images (or larger val/test fractions) narrow it
+        val has 20 images and test 20: their accuracies are uncertain by up to ± 20 points
+        (95 % interval), shown next to each figure; more images (or larger val/test
+        fractions) narrow it
     """
     small = {name: n for name, n in sizes.items() if 0 < n < SMALL_SPLIT}
     if not small:
