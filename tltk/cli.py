@@ -19,6 +19,7 @@ import traceback
 
 import click
 
+from tltk.config import EXPORT_FORMATS
 from tltk.errors import TltkError
 
 EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -312,9 +313,6 @@ def predict_command(run_dir, images, top, weights, fmt):
         click.echo(f"{len(failed)} of {len(results)} file(s) could not be read: {shown}",
                    err=True)
         sys.exit(EXIT_PARTIAL)
-
-
-EXPORT_FORMATS = ("keras", "savedmodel", "tflite")
 
 
 def _export_format(fmt: str | None, out: str) -> str:

@@ -29,6 +29,8 @@ Unfreeze = int | str | list
 BATCHNORM_MODES = ("frozen", "train")
 TTA_MODES = ("none", "flip", "flip+affine")
 AUGMENT_POLICIES = ("affine", "randaugment")
+# `tltk export --format`; a `--out` ending in .keras or .tflite names its format.
+EXPORT_FORMATS = ("keras", "savedmodel", "tflite")
 
 
 @dataclass

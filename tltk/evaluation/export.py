@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from tltk.config import EXPORT_FORMATS
 from tltk.errors import TltkError
 from tltk.evaluation.metrics import load_model
 from tltk.evaluation.predict import input_size, load_run_model, run_model_path
+from tltk.log import native_stderr_muted
 from tltk.rundir import atomic_path, open_run, write_bytes
 
 WEIGHTS = ("best", "final")
-EXPORT_FORMATS = ("keras", "savedmodel", "tflite")
 OUTPUT_FORMATS = ("table", "json", "csv")
 
 
@@ -103,7 +104,9 @@ def _tflite_predictor(path: Path):
 
     def predict(images: np.ndarray) -> np.ndarray:
         interpreter.resize_tensor_input(source["index"], images.shape)
-        interpreter.allocate_tensors()
+        # TFLite's native "INFO: Created TensorFlow Lite XNNPACK delegate" line.
+        with native_stderr_muted():
+            interpreter.allocate_tensors()
         interpreter.set_tensor(source["index"], images.astype(np.float32))
         interpreter.invoke()
         return interpreter.get_tensor(target["index"]).copy()
