@@ -4,7 +4,8 @@ Layout of a run directory:
     config.yaml     the fully resolved RunConfig
     run.json        status (running | complete | failed), timings, stage log
     classes.json    class names, in label order
-    history.csv     one row per epoch across all stages, with a `stage` column
+    history.csv     one row per epoch across all stages, with a `stage` column (epochs
+                    count from 1; accuracies are fractions 0-1)
     best.keras      the model with the best validation top-1 accuracy
     final.keras     the model after the last epoch
     metrics.csv     weights,split,top1,topk,k (accuracies in percent)

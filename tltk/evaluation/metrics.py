@@ -192,7 +192,7 @@ def format_table(metrics: pd.DataFrame, classes: int | None = None,
         cells = "".join(
             f"{_figure(wide.loc[weights, (v, s)], sizes.get(s)):>{cell[s]}}"
             for s in splits for v in values)
-        lines.append(f"{weights:<{width}}{cells}")
+        lines.append(f"{weights:<{width}}{cells}".rstrip())
     return "\n".join(lines)
 
 
