@@ -108,8 +108,14 @@ def test_epoch_logger_writes_one_line_per_epoch_with_seconds_and_time_to_go(mode
         logger.started -= 2.0  # the epoch took 2 s
         logger.on_epoch_end(epoch, LOGS)
     assert lines[0] == ("  head epoch 1/2  2.0 s | loss 0.500  top-1 25.0% | val loss 0.750  "
-                        "top-1 50.0%  top-5 100.0% | lr 0.05 | about 8 s to go")
-    assert lines[1].endswith("| about 6 s to go")  # finetune's 3 epochs at head's pace
+                        "top-1 50.0%  top-5 100.0% | lr 0.05 | at least 8 s to go")
+    assert lines[1].endswith("| at least 6 s to go")  # finetune's 3 epochs at head's pace
+    logger.stage, lines[:] = "finetune", []
+    logger.set_params({"epochs": 3, "steps": 4})
+    logger.on_epoch_begin(0)
+    logger.started -= 4.0
+    logger.on_epoch_end(0, LOGS)
+    assert lines[0].endswith("| about 8 s to go")  # the last stage, at its own pace
 
 
 def test_epoch_logger_leaves_out_top_k_when_k_covers_every_class(model):

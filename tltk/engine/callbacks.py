@@ -164,10 +164,11 @@ class EpochLogger(keras.callbacks.Callback):
     """One line per epoch with its seconds and the run's time to go, e.g.
 
         train epoch  2/12  3.1 s | loss 1.352  top-1 45.0% | val loss 1.809  top-1 16.1%
-        top-5 84.4% | lr 0.001 | about 31 s to go
+        top-5 84.4% | lr 0.001 | at least 31 s to go
 
     (one line on screen). `stages` lists every stage's (name, epochs): the time to go
-    is the epochs left in the run at the current stage's pace. The top-k column
+    is the epochs left in the run at the current stage's pace, "at least" while later
+    stages, whose pace is not known yet, remain. The top-k column
     shows the run's k, and is left out when k covers every class (always 100 %).
     On a terminal, an epoch still running after `LONG_EPOCH_S` gets a per-batch bar
     with its own ETA (tqdm), cleared before the epoch's line; logs and notebooks get
@@ -215,9 +216,10 @@ class EpochLogger(keras.callbacks.Callback):
                  f"loss {logs.get('loss', np.nan):.3f}  "
                  f"top-1 {100 * logs.get('top1', np.nan):.1f}%",
                  "  ".join(val), f"lr {current_lr(self.model):.2g}"]
-        left = self._seconds_left(epoch)
+        left, later = self._seconds_left(epoch)
         if left:
-            parts.append(f"about {duration(left)} to go")
+            # Later stages usually train more weights, so their pace can only be slower.
+            parts.append(f"{'at least' if later else 'about'} {duration(left)} to go")
         self.say("  " + " | ".join(parts))
 
     def _name(self, epoch: int) -> str:
@@ -225,14 +227,15 @@ class EpochLogger(keras.callbacks.Callback):
         width = len(str(total or ""))
         return f"{self.stage} epoch {epoch + 1:>{width}}/{total}"
 
-    def _seconds_left(self, epoch: int) -> float:
-        """Epochs left in the run times this stage's mean epoch seconds."""
+    def _seconds_left(self, epoch: int) -> tuple[float, bool]:
+        """Epochs left in the run times this stage's mean epoch seconds, and whether
+        later stages (of a pace not yet seen) are among them."""
         names = [name for name, _ in self.stages]
         later = names[names.index(self.stage) + 1:] if self.stage in names else []
         epochs = (self.params.get("epochs") or 0) - epoch - 1
-        epochs += sum(n for name, n in self.stages if name in later)
+        later_epochs = sum(n for name, n in self.stages if name in later)
         pace = sum(s for _, s in self.seconds) / len(self.seconds)
-        return epochs * pace
+        return (epochs + later_epochs) * pace, later_epochs > 0
 
 
 def on_terminal(stream) -> bool:
