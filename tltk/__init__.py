@@ -1,6 +1,7 @@
 """tltk: transfer learning for image classification on Keras 3.
 
-Importing tltk registers its serialisable layers (see `tltk.saving`), so
+Importing tltk is light (TensorFlow loads on first use; see `tltk.lazy`), and from then
+on tltk's serialisable layers are registered whenever Keras is loaded, so
 `keras.models.load_model("runs/x/best.keras")` works in safe mode after `import tltk`.
 
 Example::
@@ -13,20 +14,16 @@ Example::
 """
 
 import os
-import sys
-from contextlib import nullcontext as _nullcontext
 
 # TensorFlow's native (C++) warnings bury tltk's lines; set TF_CPP_MIN_LOG_LEVEL=0 to
-# see them. It must be set before TensorFlow is first imported, which happens below.
+# see them. It must be set before TensorFlow is first imported.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tltk import lazy as _lazy
 from tltk.config import AugmentConfig, DataConfig, HeadConfig, RunConfig, StageConfig
 from tltk.errors import TltkError
-from tltk.log import native_stderr_muted
 
-# The registrations import TensorFlow; its first import prints native start-up notices.
-with native_stderr_muted() if "tensorflow" not in sys.modules else _nullcontext():
-    from tltk.saving import LoadedModel, load_model
+_lazy.install()
 
 __version__ = "0.1.0"
 
@@ -36,6 +33,15 @@ def train(config: RunConfig, **kwargs):
     from tltk.engine.run import train as _train
 
     return _train(config, **kwargs)
+
+
+def __getattr__(name: str):
+    """`tltk.load_model` and `tltk.LoadedModel` import Keras on first use (PEP 562)."""
+    if name in ("LoadedModel", "load_model"):
+        from tltk import saving
+
+        return getattr(saving, name)
+    raise AttributeError(f"module 'tltk' has no attribute {name!r}")
 
 
 __all__ = ["AugmentConfig", "DataConfig", "HeadConfig", "LoadedModel", "RunConfig",

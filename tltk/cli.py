@@ -19,22 +19,30 @@ import traceback
 
 import click
 
-from tltk.config import Precision, Preprocess, Resize, choices
+from tltk.config import EXPORT_FORMATS, Precision, Preprocess, Resize, choices
 from tltk.errors import TltkError
-
-# TensorFlow's C++ start-up chatter hides the output users care about.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 
 EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
 class TltkGroup(click.Group):
-    """A click group that prints user errors as one line (tracebacks with --debug)."""
+    """A click group that prints user errors as one line (tracebacks with --debug).
+
+    click's own usage errors (an unknown option, a bad choice) get the same one-line
+    `error:` form, with the command whose `--help` explains it.
+    """
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            _usage_error(exc)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            _usage_error(exc)
         except TltkError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()
@@ -47,6 +55,18 @@ class TltkGroup(click.Group):
             sys.exit(EXIT_INTERRUPTED)
 
 
+def _usage_error(exc: click.UsageError):
+    """Print click's usage error as tltk's one line and exit with status 2.
+
+    Example: `error: No such option: --epoch (Possible options: --epochs-finetune,
+    --epochs-head); see `tltk train --help``.
+    """
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    where = f"; see `{exc.ctx.command_path} --help`" if exc.ctx else ""
+    click.echo(f"error: {message}{where}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
 def _resume_hint(ctx) -> str:
     """'; resume with ...' when Ctrl-C stopped a training run, which is then resumable."""
     run = (ctx.obj or {}).get("run_dir")
@@ -55,7 +75,7 @@ def _resume_hint(ctx) -> str:
     return f": {run} is resumable; continue it with `tltk train --resume {run}`"
 
 
-@click.group(cls=TltkGroup)
+@click.group(cls=TltkGroup, context_settings={"show_default": True})
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.option("--verbose", is_flag=True,
               help="Show Keras and TensorFlow detail (loader warnings, retracing notices).")
@@ -67,26 +87,14 @@ def main(ctx, debug, verbose):
     Exit status: 0 all done, 1 some inputs failed, 2 an error to fix first,
     130 interrupted (Ctrl-C).
     """
+    from tltk.lazy import set_muted
     from tltk.log import set_verbose
 
     ctx.obj = {"debug": debug, "verbose": verbose}
     set_verbose(verbose)
-    if not debug:
-        _quiet_tensorflow_startup()
-
-
-def _quiet_tensorflow_startup() -> None:
-    """Probe devices with C++ stderr muted.
-
-    TensorFlow's native start-up messages (oneDNN notices, CUDA probing on CPU-only
-    machines) bypass TF_CPP_MIN_LOG_LEVEL; they would bury the few lines users need.
-    """
-    from tltk.log import native_stderr_muted
-
-    with native_stderr_muted():
-        import tensorflow as tf
-
-        tf.config.list_physical_devices()
+    # TensorFlow loads only when a command needs it (help and usage errors stay quick),
+    # with its native start-up lines muted unless --debug (see tltk.lazy).
+    set_muted(not debug)
 
 
 def _overrides(**flags) -> dict:
@@ -137,7 +145,9 @@ data_options = _options(
     click.option("--image-size", type=int, help="Input size in pixels (default: backbone's)."))
 per_class_option = click.option("--per-class", type=int,
                                 help="Use at most N training images per class.")
-run_options = _options(click.option("--batch-size", type=int), click.option("--seed", type=int))
+run_options = _options(
+    click.option("--batch-size", type=int, help="Images per batch (default: the recipe's)."),
+    click.option("--seed", type=int, help="Random seed of training (default: the recipe's, 0)."))
 config_option = click.option("--config", "config_file", type=click.Path(),
                              help="YAML config to start from (instead of the recipe's).")
 epochs_options = _options(
@@ -178,8 +188,11 @@ def _config(recipe, config_file, flags, sets=(), **stage_fields):
 @config_option
 @click.option("--out", help="Run directory (default runs/<recipe>-<backbone>-<time>).")
 @click.option("--class-weight", type=click.Choice(["balanced"]), help="Re-weight classes.")
-@click.option("--resize", type=click.Choice(choices(Resize)))
-@click.option("--precision", type=click.Choice(choices(Precision)))
+@click.option("--resize", type=click.Choice(choices(Resize)),
+              help="How images reach the input size: stretch, centre-crop or pad "
+                   "(default: the recipe's, stretch).")
+@click.option("--precision", type=click.Choice(choices(Precision)),
+              help="Compute precision (default: float32).")
 @click.option("--jit", is_flag=True, help="Compile with XLA.")
 @click.option("--cache-features/--no-cache-features", default=None,
               help="Train frozen stages on cached bottleneck features (default on).")
@@ -190,7 +203,7 @@ def _config(recipe, config_file, flags, sets=(), **stage_fields):
 @click.option("--unfreezing", type=click.Choice(["gradual", "chain-thaw"]),
               help="Replace the fine-tuning stages: thaw one more top block per stage "
                    "(gradual), or one block at a time, then all (chain-thaw).")
-@click.option("--unfreeze-blocks", type=int, default=3, show_default=True,
+@click.option("--unfreeze-blocks", type=int, default=3,
               help="How many top blocks --unfreezing thaws.")
 @click.option("--dry-run", is_flag=True,
               help="Print the plan, cache sizes against the memory budget and estimated "
@@ -244,7 +257,8 @@ def _resume_config(run_dir, recipe, config_file, flags, stage_fields):
 
 @main.command()
 @click.argument("run_dir", type=click.Path())
-@click.option("--weights", "which", type=click.Choice(["best", "final", "both"]), default="both")
+@click.option("--weights", "which", type=click.Choice(["best", "final", "both"]), default="both",
+              help="Which saved model(s) to evaluate.")
 @click.option("--write", is_flag=True,
               help="Also rewrite the run's metrics.csv and predictions/ (e.g. when damaged).")
 def evaluate(run_dir, which, write):
@@ -282,13 +296,15 @@ def ensemble(runs, out):
 @main.command("predict")
 @click.argument("run_dir", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("--top", type=int, default=5, show_default=True, help="Labels per image.")
-@click.option("--weights", type=click.Choice(["best", "final", "ema"]), default="best")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
+@click.option("--top", type=int, default=5, help="Labels per image.")
+@click.option("--weights", type=click.Choice(["best", "final", "ema"]), default="best",
+              help="Which saved model of a run predicts.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
+              help="Output format.")
 @click.option("--labels", type=click.Path(), help="Class names of an exported model, one a "
               "line (default: the labels.txt beside it).")
 @click.option("--explain", is_flag=True, help="Write a Grad-CAM heatmap of each image.")
-@click.option("--explain-dir", default="gradcam", show_default=True, type=click.Path(),
+@click.option("--explain-dir", default="gradcam", type=click.Path(),
               help="Folder for the --explain heatmaps.")
 def predict_command(run_dir, images, top, weights, fmt, labels, explain, explain_dir):
     """Print the top labels of each IMAGE (files or folders, recursively) for a run
@@ -306,23 +322,48 @@ def predict_command(run_dir, images, top, weights, fmt, labels, explain, explain
         sys.exit(EXIT_PARTIAL)
 
 
+def _export_format(fmt: str | None, out: str) -> str:
+    """--format, or the one --out's suffix names (a folder is a savedmodel).
+
+    Example:
+        >>> _export_format(None, "model.tflite"), _export_format(None, "exported/")
+        ('tflite', 'savedmodel')
+    """
+    suffix = os.path.splitext(out.rstrip("/"))[1].lstrip(".").lower()
+    named = suffix if suffix in EXPORT_FORMATS else "savedmodel" if not suffix else None
+    if fmt is None and named is None:
+        raise TltkError(f"--out: cannot tell the format from '{out}'; end it in .keras or "
+                        ".tflite, or give --format")
+    if fmt is not None and named not in (None, fmt) and suffix:
+        raise TltkError(f"--out: '{out}' names a {named} file but --format is {fmt}; "
+                        "change one of them")
+    return fmt or named
+
+
 @main.command("export")
 @click.argument("run_dir", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["keras", "savedmodel", "tflite", "all"]),
-              required=True, help="all: every format and TFLite quantization.")
+@click.option("--format", "fmt", type=click.Choice([*EXPORT_FORMATS, "all"]),
+              help="all: every format and TFLite quantization (default: from --out: .keras, "
+                   ".tflite, else a savedmodel folder).")
 @click.option("--quantize", type=click.Choice(["none", "dynamic", "float16", "int8"]),
-              default="none", show_default=True,
-              help="TFLite only; int8 is full-integer, calibrated on training images.")
+              default="none", help="TFLite only; int8 is full-integer, calibrated on "
+              "training images.")
 @click.option("--int8-io", type=click.Choice(["uint8", "int8"]), default="uint8",
-              show_default=True, help="Input and output type of an int8 TFLite model.")
+              help="Input and output type of an int8 TFLite model.")
 @click.option("--out", type=click.Path(), help="File (.keras/.tflite) or folder "
               "(savedmodel, all); default: RUN/exports/.")
-@click.option("--weights", type=click.Choice(["best", "final", "ema"]), default="best")
+@click.option("--weights", type=click.Choice(["best", "final", "ema"]), default="best",
+              help="Which saved model to export.")
 def export_command(run_dir, fmt, quantize, int8_io, out, weights):
     """Export a run's model, measure it on the run's test split, append RUN/exports.csv."""
     from tltk.evaluation.export import TFLiteModel
     from tltk.evaluation.measure import FILE_NAMES, export_and_measure, format_rows
 
+    if fmt is None and out is None:
+        raise TltkError("--format: give one (keras, savedmodel, tflite or all), or an --out "
+                        "ending in .keras or .tflite")
+    if fmt != "all" and out is not None:
+        fmt = _export_format(fmt, out)
     if fmt == "all":
         rows = export_and_measure(run_dir, list(FILE_NAMES), out_dir=out, weights=weights,
                                   int8_io=int8_io)
@@ -349,8 +390,7 @@ full_original_options = _options(
                  "data_dir."),
     click.option("--data-dir", help="tfds data_dir holding prepared tfds datasets."),
     click.option("--image-size", type=int, help="Input size (default: the backbone's)."),
-    click.option("--batch-size", type=int),
-    click.option("--seed", type=int),
+    run_options,
     click.option("--out", required=True, help="Folder for metrics.csv and predictions."))
 
 
@@ -384,9 +424,9 @@ def baseline_alias(ctx, recipe, **flags):
 @run_options
 @config_option
 @click.option("--stage", help="Stage to test (default: the first).")
-@click.option("--steps", type=int, default=100, show_default=True)
-@click.option("--start-lr", type=float, default=1e-7, show_default=True)
-@click.option("--end-lr", type=float, default=1.0, show_default=True)
+@click.option("--steps", type=int, default=100, help="Training steps of the range test.")
+@click.option("--start-lr", type=float, default=1e-7, help="Learning rate of the first step.")
+@click.option("--end-lr", type=float, default=1.0, help="Learning rate of the last step.")
 @click.option("--out", required=True, type=click.Path(), help="Folder for lr_find.csv/.png.")
 @set_option
 def lr_find(recipe, config_file, stage, steps, start_lr, end_lr, out, sets, **flags):
@@ -433,10 +473,10 @@ def rank(recipe, names, weight_args, out, **flags):
 @main.command()
 @click.argument("path_a", type=click.Path())
 @click.argument("path_b", type=click.Path())
-@click.option("--image-size", type=int, default=64, show_default=True)
-@click.option("--components", type=int, default=50, show_default=True,
+@click.option("--image-size", type=int, default=64, help="Images are resized to this.")
+@click.option("--components", type=int, default=50,
               help="PCA components, fitted on both sets together.")
-@click.option("--max-images", type=int, default=500, show_default=True,
+@click.option("--max-images", type=int, default=500,
               help="Seeded sample per set (0: all).")
 def distance(path_a, path_b, image_size, components, max_images):
     """Modified Hausdorff distance between two image folders in a shared PCA space.
@@ -456,9 +496,9 @@ def distance(path_a, path_b, image_size, components, max_images):
 @click.argument("recipe")
 @model_options
 @data_options
-@click.option("--tuner", default="random", show_default=True,
+@click.option("--tuner", default="random",
               help="random | bayesian | hyperband.")
-@click.option("--max-trials", type=int, default=10, show_default=True)
+@click.option("--max-trials", type=int, default=10, help="Configurations to try.")
 @epochs_options
 @per_class_option
 @run_options
@@ -493,11 +533,11 @@ def tune(recipe, config_file, tuner, max_trials, epochs_head, epochs_finetune, o
 @click.argument("recipe")
 @model_options
 @data_options
-@click.option("--per-class", "sizes", default="10,25,50,100,all", show_default=True,
+@click.option("--per-class", "sizes", default="10,25,50,100,all",
               help="Training images per class to subsample (comma-separated; all = every one).")
-@click.option("--freeze", "depths", default="0,1,2,3,all", show_default=True,
+@click.option("--freeze", "depths", default="0,1,2,3,all",
               help="Blocks frozen from the bottom while the rest fine-tunes (0 = none).")
-@click.option("--repeats", type=int, default=1, show_default=True,
+@click.option("--repeats", type=int, default=1,
               help="Runs per condition, each with its own subsample and seed.")
 @epochs_options
 @click.option("--epochs-scratch", type=int, help="Epochs of the scratch baseline (default 40).")
@@ -580,7 +620,7 @@ def data_prepare(dataset, data_dir):
 @click.option("--split", help="Split protocol, e.g. dogs: default | official.")
 @click.option("--val-fraction", type=float, help="Validation fraction (default 0.15).")
 @click.option("--test-fraction", type=float, help="Test fraction (default 0.15).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, help="Seed of the split and the samples.")
 def data_describe(dataset, data_path, data_dir, out, split, val_fraction, test_fraction, seed):
     """Report on DATASET: counts per class and split, image sizes, samples, augmentation."""
     from tltk.data.describe import describe

@@ -21,7 +21,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from tltk.errors import TltkError, unknown_name
+from tltk.errors import TltkError, did_you_mean, unknown_name
 
 # A stage's `unfreeze`: how many named backbone blocks, counted from the top, are
 # trainable (0 = frozen backbone), "all" for the whole backbone, or explicit block names.
@@ -29,6 +29,8 @@ Unfreeze = int | str | list
 BATCHNORM_MODES = ("frozen", "train")
 TTA_MODES = ("none", "flip", "flip+affine")
 AUGMENT_POLICIES = ("affine", "randaugment")
+# `tltk export --format`; a `--out` ending in .keras or .tflite names its format.
+EXPORT_FORMATS = ("keras", "savedmodel", "tflite")
 
 # Each set of named choices, declared once: the config checks values against these,
 # the CLI builds its `click.Choice`s from them (`choices`), and the registries that
@@ -278,7 +280,9 @@ class RunConfig:
 
     recipe: str = "custom"
     backbone: str = "mobilenetv2"
-    weights: str = "imagenet"  # imagenet | none | path to a weights file
+    # imagenet | none | path to a weights file; a model-file or hub backbone's run
+    # records "own" (the weights it carries).
+    weights: str = "imagenet"
     backbone_options: BackboneOptions = field(default_factory=BackboneOptions)
     data: DataConfig = field(default_factory=DataConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
@@ -422,11 +426,13 @@ def _set_path(data: dict, parts: list[str], value, key: str) -> None:
     if isinstance(data, list):  # stages addressed by name
         matches = [item for item in data if item.get("name") == head]
         if not matches:
-            raise TltkError(f"{key}: no stage named '{head}'")
+            names = [item.get("name") for item in data]
+            raise TltkError(f"{key}: no stage named '{head}'{did_you_mean(head, names) or ';'} "
+                            f"stages: {', '.join(names)}")
         target = matches[0]
     elif head not in data:
-        raise TltkError(f"{key}: unknown config key '{head}'; valid keys there: "
-                        f"{', '.join(sorted(data))}")
+        raise TltkError(f"{key}: unknown config key '{head}'{did_you_mean(head, data) or ';'} "
+                        f"valid keys there: {', '.join(sorted(data))}")
     else:
         target = data
     if not rest:

@@ -26,6 +26,16 @@ def unknown_name(argument: str, name: str, choices) -> TltkError:
         "--backbone: unknown name 'vgg91'; did you mean 'vgg19'? Choices: vgg16, vgg19"
     """
     choices = sorted(choices)
-    close = difflib.get_close_matches(name, choices, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else "."
+    hint = did_you_mean(name, choices) or "."
     return TltkError(f"{argument}: unknown name '{name}'{hint} Choices: {', '.join(choices)}")
+
+
+def did_you_mean(name: str, choices) -> str:
+    """"; did you mean 'X'?" for the closest of `choices`, or "" when none is close.
+
+    Example:
+        >>> did_you_mean("lrr", ["lr", "momentum"])
+        "; did you mean 'lr'?"
+    """
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""

@@ -60,7 +60,8 @@ def log(message: str) -> None:
 
 
 # Third-party loggers whose INFO/WARNING lines are detail, not news, for tltk's users.
-CHATTY = ("tensorflow", "absl", "keras", "h5py")
+# urllib3 warns at every retry of a dead connection (tfds downloads retry for minutes).
+CHATTY = ("tensorflow", "absl", "keras", "h5py", "urllib3")
 
 
 def silent(message: str) -> None:

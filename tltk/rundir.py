@@ -4,7 +4,8 @@ Layout of a run directory:
     config.yaml     the fully resolved RunConfig
     run.json        status (running | complete | failed), timings, stage log
     classes.json    class names, in label order
-    history.csv     one row per epoch across all stages, with a `stage` column
+    history.csv     one row per epoch across all stages, with a `stage` column (epochs
+                    count from 1; accuracies are fractions 0-1)
     best.keras      the model with the best validation top-1 accuracy
     final.keras     the model after the last epoch
     metrics.csv     weights,split,top1,topk,k (accuracies in percent)
@@ -31,11 +32,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +56,8 @@ RUNTIME_KEYS = ("out", "strategy")
 # Write failures the user fixes outside tltk (space, permissions, a read-only mount).
 STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES,
                   errno.EPERM, errno.ENOTDIR}
+# Room left beyond a write's own size (file-system metadata, the run's small files).
+SPACE_SLACK = 1_000_000
 # What to do about a damaged file, by what can remake it.
 RETRAIN = "retrain into a new --out (or delete the run folder and train again)"
 REEVALUATE = "rewrite it with `tltk evaluate RUN --write`"
@@ -67,6 +73,69 @@ def storage_error(path: Path, exc: OSError) -> TltkError:
     reason = os.strerror(exc.errno) if exc.errno else str(exc).splitlines()[0][:120]
     return TltkError(f"cannot write {path}: {reason}; free space or make it writable, then "
                      "rerun the same command to resume (or choose another --out)")
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """Whether `exc` is a write failure the user fixes outside tltk (see STORAGE_ERRORS).
+
+    h5py reports a full disk in its message ("errno = 28") with no `errno` of its own.
+    """
+    if getattr(exc, "errno", None) in STORAGE_ERRORS:
+        return True
+    return isinstance(exc, (OSError, RuntimeError)) and (
+        f"errno = {errno.ENOSPC}," in str(exc) or os.strerror(errno.ENOSPC) in str(exc))
+
+
+def _mb(nbytes: float) -> str:
+    """Bytes as a rounded size for messages.
+
+    Example:
+        >>> _mb(3.2e6), _mb(2.5e9)
+        ('3 MB', '2.5 GB')
+    """
+    return f"{nbytes / 1e9:.1f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.0f} MB"
+
+
+def require_space(folder: Path, need: float, what: str = "") -> None:
+    """Refuse a write of about `need` bytes into `folder` before it starts when the disk
+    has less room: a full disk found mid-write can crash h5py, and a memory-mapped
+    cache dies of SIGBUS.
+
+    Example::
+
+        require_space(Path("runs/x"), 25e6, "the run")
+        # TltkError: not enough space in runs/x: the run needs about 25 MB, 3 MB free; ...
+    """
+    folder = Path(folder)
+    probe = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    free = shutil.disk_usage(probe).free
+    if free < need + SPACE_SLACK:
+        raise TltkError(f"not enough space in {folder}: {what or 'this write'} needs about "
+                        f"{_mb(need + SPACE_SLACK)}, {_mb(free)} free; free space (or move the "
+                        "folder to a larger disk), then rerun the same command to resume")
+
+
+def model_bytes(model, optimizer: bool = True) -> int:
+    """Bytes a saved `model` takes: its weights, and its optimizer's state when built.
+
+    Example::
+
+        model_bytes(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))  # 40
+    """
+    variables = list(model.weights)
+    if optimizer and getattr(model, "optimizer", None) is not None:
+        variables += list(getattr(model.optimizer, "variables", []))
+    return int(sum(np.prod(v.shape) * np.dtype(str(getattr(v.dtype, "name", v.dtype))).itemsize
+                   for v in variables))
+
+
+def _release(tmp: str, exc: BaseException) -> None:
+    """After a storage failure: empty the temp file and drop the frames that hold its
+    writer (h5py), so the writer's last flush finds room and nothing crashes at exit."""
+    with contextlib.suppress(OSError):
+        os.truncate(tmp, 0)
+    traceback.clear_frames(exc.__traceback__)
+    gc.collect()
 
 
 def _suffix(path: Path) -> str:
@@ -98,9 +167,10 @@ def atomic_path(path: Path):
     try:
         yield Path(tmp)
         os.replace(tmp, path)
-    except OSError as exc:
-        if exc.errno in STORAGE_ERRORS:
-            raise storage_error(path, exc) from exc
+    except (OSError, RuntimeError) as exc:
+        if is_storage_error(exc):
+            _release(tmp, exc)
+            raise storage_error(path, exc) from None
         raise
     finally:
         if os.path.exists(tmp):
@@ -286,8 +356,16 @@ def save_model(model, path: Path) -> None:
 
     inputs = getattr(model, "inputs", None)
     plain = keras.Model(inputs, model.outputs, name=model.name) if inputs else model
+    require_space(Path(path).parent, model_bytes(model), Path(path).name)
     with atomic_path(path) as tmp:
         plain.save(tmp)
+
+
+def save_weights(model, path: Path) -> None:
+    """Save a model's weights to a `.weights.h5` file atomically, when there is room."""
+    require_space(Path(path).parent, model_bytes(model, optimizer=False), Path(path).name)
+    with atomic_path(path) as tmp:
+        model.save_weights(tmp)
 
 
 class RunDir:

@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import codecs
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +102,7 @@ def load_keras_file(path) -> keras.Model:
     if not path.is_file():
         raise TltkError(f"RUN: model file not found: {path}; is the run finished? "
                         "(retrain into a new --out if it is)")
-    problem = _zip_problem(path)
+    problem = zip_problem(path)
     if problem:
         raise TltkError(f"{path}: damaged ({problem}); retrain into a new --out (or delete "
                         "the run folder and train again)")
@@ -122,7 +123,54 @@ def load_keras_file(path) -> keras.Model:
                         "--out (or delete the run folder)") from None
 
 
-def _zip_problem(path: Path) -> str | None:
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def model_file_problem(path: Path) -> str | None:
+    """What a file given as a Keras model holds instead of one, or None when it looks
+    like one (a `.keras` zip with its members, or an HDF5 file with a model config).
+
+    Example::
+
+        model_file_problem(Path("notes.keras"))
+        # "text beginning 'Meeting notes: ...', not a .keras zip or an HDF5 file"
+    """
+    with open(path, "rb") as file:
+        head = file.read(64)
+    if not head:
+        return "an empty file"
+    if head.startswith(HDF5_SIGNATURE):
+        return _hdf5_problem(path)
+    if not zipfile.is_zipfile(path):
+        return f"{_describe_bytes(head)}, not a .keras zip or an HDF5 file"
+    return zip_problem(path)
+
+
+def _hdf5_problem(path: Path) -> str | None:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as file:
+            if "model_config" in file.attrs:
+                return None
+    except OSError as exc:
+        return f"a damaged HDF5 file ({str(exc).splitlines()[0][:80]})"
+    return "an HDF5 file of weights only, without a model_config"
+
+
+def _describe_bytes(head: bytes) -> str:
+    """'text beginning ...' or 'binary data beginning 0x...' for a file's first bytes."""
+    try:  # incremental: a character cut at the 64th byte is not an error
+        text = codecs.getincrementaldecoder("utf-8")().decode(head)
+    except UnicodeDecodeError:
+        return f"binary data beginning 0x{head[:8].hex()}"
+    if not all(c.isprintable() or c.isspace() for c in text):
+        return f"binary data beginning 0x{head[:8].hex()}"
+    start = " ".join(text.split())[:40]
+    return f"text beginning '{start}'"
+
+
+def zip_problem(path: Path) -> str | None:
     """What is wrong with a `.keras` zip, or None when every member reads back intact."""
     try:
         with zipfile.ZipFile(path) as archive:

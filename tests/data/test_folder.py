@@ -113,3 +113,25 @@ def test_real_flowers_folder_scans_fast():
     # Keeping duplicate groups whole (the default) moves a few images between splits.
     grouped = load_folder(FLOWERS, val_fraction=0.3, test_fraction=0.0)
     np.testing.assert_allclose(np.bincount(grouped.splits["val"].labels), stratified, atol=4)
+
+
+def test_class_folders_one_level_too_deep_are_refused_with_the_meant_folder(tmp_path):
+    """photos/{spring,summer}/{daisy,rose}/*.jpg must not train 'spring' and 'summer'."""
+    import subprocess
+    import sys
+
+    for season in ("spring", "summer"):
+        for name, colour in (("daisy", WHITE), ("rose", RED)):
+            for i in range(3):
+                save(solid(colour), tmp_path / "photos" / season / name / f"{i}.png", "PNG")
+    code = ("import sys; from tltk.data.folder import load_folder; from tltk.config import "
+            "DataConfig; from tltk.errors import TltkError\n"
+            "try: load_folder(DataConfig(dataset='folder', path=sys.argv[1]))\n"
+            "except TltkError as exc: print(exc); sys.exit(2)")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "photos")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "spring, summer hold no images" in done.stdout
+    assert f"did you mean --data {tmp_path / 'photos' / 'spring'}?" in done.stdout
+    # One level down is a good folder; classes with their own subfolders still load.
+    assert load_folder(tmp_path / "photos" / "spring").class_names == ["daisy", "rose"]

@@ -43,15 +43,3 @@ def test_dry_run_prints_the_plan_and_estimates_without_training(tmp_path, tiny_b
     over = CliRunner().invoke(main, [*args, "--set", "cache_budget_gb=0.0001"])
     assert over.exit_code == 0, over.output
     assert "MB over the cache budget of 0.1 MB" in over.output
-
-
-def test_keras_progress_bar_only_on_a_terminal():
-    import io
-
-    from tltk.engine.stage import progress_bar
-
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
-
-    assert progress_bar(Terminal()) == 1 and progress_bar(io.StringIO()) == 0

@@ -108,7 +108,7 @@ def test_nan_loss_stops_with_one_line_keeps_best_and_writes_metrics(tmp_path):
     status = json.loads((run / "run.json").read_text())
     assert status["status"] == "failed" and status["error"].startswith("NumericalFault:")
     history = pd.read_csv(run / "history.csv")
-    assert history["stage_epoch"].tolist() == [0], "the broken epoch is not recorded"
+    assert history["stage_epoch"].tolist() == [1], "the broken epoch is not recorded"
     metrics = pd.read_csv(run / "metrics.csv").set_index(["weights", "split"])
     assert set(metrics.index.get_level_values(0)) == {"best", "final"}
     # "final" is the last good epoch, the first, which is also the best.
@@ -141,7 +141,7 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_after(tmp_path):
     assert not list((tmp_path / "run").rglob(".*.weights.h5")), "no half-written file left"
 
     result = train(config, say=silent)
-    assert result.history["epoch"].tolist() == [0]
+    assert result.history["epoch"].tolist() == [1]
 
 
 @pytest.mark.slow

@@ -48,7 +48,7 @@ def test_stages_switch_optimizer_and_history_spans_them(two_stage_run):
     assert run["status"] == "complete"
     history = result.history
     assert history["stage"].tolist() == ["first", "first", "second"]
-    assert history["epoch"].tolist() == [0, 1, 2]
+    assert history["epoch"].tolist() == [1, 2, 3]
     for name in ("config.yaml", "classes.json", "best.keras", "final.keras", "metrics.csv"):
         assert (result.run_dir / name).is_file(), name
     assert RunConfig.load(result.run_dir / "config.yaml").data.image_size == 32

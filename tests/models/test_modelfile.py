@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import zipfile
 
 import keras
 import numpy as np
@@ -120,8 +121,17 @@ def test_files_that_are_not_usable_models_fail_in_one_line(tmp_path):
                tmp_path / "mlp.keras")
     weights_only = tmp_path / "w.weights.h5"
     tiny_classifier().save_weights(weights_only)
-    cases = {str(junk): "is not a Keras model file", mlp: "has no 4-D feature map",
-             str(weights_only): "is not a Keras model file",
+    empty = tmp_path / "empty.keras"
+    empty.write_bytes(b"")
+    no_config = tmp_path / "other.keras"
+    with zipfile.ZipFile(no_config, "w") as archive:
+        archive.writestr("notes.txt", "hello")
+    # Each says what the file is instead (Keras itself says "File not found" for junk).
+    cases = {str(junk): "is not a Keras model file (text beginning 'not a model', not a "
+             ".keras zip or an HDF5 file)", mlp: "has no 4-D feature map",
+             str(weights_only): "(an HDF5 file of weights only, without a model_config)",
+             str(empty): "(an empty file)",
+             str(no_config): "(no config.json, model.weights.h5 inside)",
              str(tmp_path / "missing.keras"): "file not found"}
     for path, message in cases.items():
         with pytest.raises(TltkError) as info:

@@ -60,6 +60,10 @@ class Dataset:
         """Splits reported in metrics: everything but 'train'."""
         return [name for name in self.splits if name != "train"]
 
+    def sizes(self) -> dict[str, int]:
+        """Images per evaluation split, e.g. {'val': 649, 'test': 649}."""
+        return {name: len(self.splits[name]) for name in self.eval_splits()}
+
 
 def fingerprint(*parts) -> str:
     """A short stable hash of strings, numbers and numpy arrays."""

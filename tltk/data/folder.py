@@ -79,6 +79,36 @@ def scanned_files(root: Path) -> list[ScannedFile]:
     return [f for folder in dirs for f in scan_classes(folder, progress=False)[1]]
 
 
+def check_class_level(root: Path, dirs: list[Path], option: str = "--data") -> None:
+    """Refuse a folder whose class folders hold no images themselves, only subfolders
+    of images: one level too deep (e.g. photos/{spring,summer}/{daisy,rose}/*.jpg would
+    train the classes spring and summer).
+
+    Example::
+
+        check_class_level(Path("photos"), class_dirs(Path("photos")))
+        # TltkError: --data: photos's folders spring, summer hold no images, only
+        # subfolders of images (daisy, rose): one level too deep; did you mean
+        # --data photos/spring? ...
+    """
+    if len(dirs) < 2 or any(_direct_images(d) for d in dirs):
+        return
+    inner = [d for d in dirs if any(_direct_images(s) for s in class_dirs(d))]
+    if not inner:
+        return
+    names = sorted({s.name for d in inner for s in class_dirs(d) if _direct_images(s)})
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    raise TltkError(f"{option}: {root}'s folders {', '.join(d.name for d in dirs[:5])} hold "
+                    f"no images, only subfolders of images ({shown}): one level too deep; did "
+                    f"you mean {option} {inner[0]}? (To train on all of them, merge them into "
+                    "one folder per class.)")
+
+
+def _direct_images(folder: Path) -> bool:
+    return any(p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+               and not p.name.startswith(".") for p in folder.iterdir())
+
+
 def _check_root(path: str | None) -> Path:
     if not path:
         raise TltkError("--data: the folder dataset needs --data PATH (one subfolder per class)")
@@ -100,6 +130,7 @@ def load_folder(cfg, seed: int = 0) -> Dataset:
     root = _check_root(cfg.path)
     if (root / "train").is_dir() and (root / "val").is_dir():
         return _load_presplit(root)
+    check_class_level(root, class_dirs(root))
     names, files, labels, skipped = scan_classes(root)
     names, files, labels = _drop_empty(root, names, files, labels)
     fractions = {"val": cfg.val_fraction, "test": cfg.test_fraction}
@@ -136,6 +167,7 @@ def warn_duplicates(root: Path, names: list[str], sigs, labels: np.ndarray,
 
 
 def _load_presplit(root: Path) -> Dataset:
+    check_class_level(root / "train", class_dirs(root / "train"))
     names = [d.name for d in class_dirs(root / "train")]
     scanned = {split: scan_classes(root / split, names)
                for split in SPLIT_DIRS if (root / split).is_dir()}

@@ -14,11 +14,14 @@ Example::
 from __future__ import annotations
 
 import math
+import sys
+import time
 from dataclasses import dataclass
 
 import keras
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from tltk.errors import TltkError
 from tltk.rundir import RunDir, read_csv, save_model, write_csv
@@ -50,7 +53,8 @@ class HistoryWriter(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        row = {"stage": self.stage, "epoch": len(self.rows), "stage_epoch": epoch,
+        # Epochs count from 1, as the log and the report count them.
+        row = {"stage": self.stage, "epoch": len(self.rows) + 1, "stage_epoch": epoch + 1,
                "lr": current_lr(self.model)}
         row.update({k: float(logs[k]) for k in HISTORY_COLUMNS if k in logs})
         self.rows.append(row)
@@ -65,7 +69,7 @@ class HistoryWriter(keras.callbacks.Callback):
 
         Example::
 
-            writer.restore(rows=3)  # epochs 0-2 survive a crash during epoch 3
+            writer.restore(rows=3)  # epochs 1-3 survive a crash during epoch 4
         """
         path = self.run.file("history.csv")
         self.rows = []
@@ -116,20 +120,22 @@ class BestModelSaver(keras.callbacks.Callback):
         if not (self.pending or force) or self.best_epoch < 0:
             return
         save_model(self.full_model, self.run.file("best.keras"))
-        self.run.set_status("running", best={"epoch": self.best_epoch, "stage": self.best_stage,
-                                             self.monitor: self.best})
+        # run.json counts epochs from 1, as history.csv and the log do.
+        self.run.set_status("running", best={"epoch": self.best_epoch + 1,
+                                             "stage": self.best_stage, self.monitor: self.best})
         self.pending = False
 
     def state(self) -> dict:
-        """What a checkpoint records (JSON-safe: no best yet is `None`)."""
+        """What a checkpoint records (JSON-safe: no best yet is `None`; epochs from 1,
+        0 before any)."""
         return {"best": None if math.isinf(self.best) else self.best,
-                "best_epoch": self.best_epoch, "best_stage": self.best_stage,
+                "best_epoch": self.best_epoch + 1, "best_stage": self.best_stage,
                 "epochs_seen": self.epochs_seen}
 
     def restore(self, state: dict) -> None:
         """Continue from a checkpointed `state()`."""
         self.best = -np.inf if state["best"] is None else float(state["best"])
-        self.best_epoch, self.best_stage = state["best_epoch"], state["best_stage"]
+        self.best_epoch, self.best_stage = state["best_epoch"] - 1, state["best_stage"]
         self.epochs_seen, self.pending = state["epochs_seen"], False
 
 
@@ -155,21 +161,104 @@ class RawWeights(keras.callbacks.Callback):
 
 
 class EpochLogger(keras.callbacks.Callback):
-    """One concise line per epoch (Keras's progress bars flood logs and notebooks)."""
+    """One line per epoch with its seconds and the run's time to go, e.g.
 
-    def __init__(self, say):
+        train epoch  2/12  3.1 s | loss 1.352  top-1 45.0% | val loss 1.809  top-1 16.1%
+        top-5 84.4% | lr 0.001 | at least 31 s to go
+
+    (one line on screen). `stages` lists every stage's (name, epochs): the time to go
+    is the epochs left in the run at the current stage's pace, "at least" while later
+    stages, whose pace is not known yet, remain. The top-k column
+    shows the run's k, and is left out when k covers every class (always 100 %).
+    On a terminal, an epoch still running after `LONG_EPOCH_S` gets a per-batch bar
+    with its own ETA (tqdm), cleared before the epoch's line; logs and notebooks get
+    the lines alone.
+    """
+
+    # Keras may call the batch hook on a worker thread: it only advances the bar.
+    async_safe = True
+    LONG_EPOCH_S = 10.0
+
+    def __init__(self, say, stages=(), k: int = 5, classes: int | None = None, stream=None):
         super().__init__()
         self.say, self.stage, self.count = say, "", 0
+        self.stages, self.k = list(stages), k
+        self.show_k = classes is None or k < classes
+        self.stream = stream
+        self.bar, self.started, self.seconds = None, 0.0, []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.monotonic()
+        stream = self.stream or sys.stdout
+        if on_terminal(stream):
+            self.bar = tqdm(total=self.params.get("steps"), desc=self._name(epoch), leave=False,
+                            unit="batch", file=stream, delay=self.LONG_EPOCH_S,
+                            mininterval=0.5, dynamic_ncols=True)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.bar is not None:
+            self.bar.update(1)
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.bar is not None:
+            self.bar.close()  # leave=False: the bar's line is cleared
+            self.bar = None
+        seconds = time.monotonic() - self.started
+        if self.seconds and self.seconds[0][0] != self.stage:
+            self.seconds = []
+        self.seconds.append((self.stage, seconds))
         logs = logs or {}
-        parts = [f"{self.stage} epoch {epoch + 1:>3}", f"loss {logs.get('loss', np.nan):.4f}",
-                 f"top-1 {100 * logs.get('top1', np.nan):5.1f}%",
-                 f"val loss {logs.get('val_loss', np.nan):.4f}",
-                 f"val top-1 {100 * logs.get('val_top1', np.nan):5.1f}%",
-                 f"val top-k {100 * logs.get('val_topk', np.nan):5.1f}%",
-                 f"lr {current_lr(self.model):.2g}"]
+        val = [f"val loss {logs.get('val_loss', np.nan):.3f}",
+               f"top-1 {100 * logs.get('val_top1', np.nan):.1f}%"]
+        if self.show_k:
+            val.append(f"top-{self.k} {100 * logs.get('val_topk', np.nan):.1f}%")
+        parts = [f"{self._name(epoch)}  {seconds:.1f} s",
+                 f"loss {logs.get('loss', np.nan):.3f}  "
+                 f"top-1 {100 * logs.get('top1', np.nan):.1f}%",
+                 "  ".join(val), f"lr {current_lr(self.model):.2g}"]
+        left, later = self._seconds_left(epoch)
+        if left:
+            # Later stages usually train more weights, so their pace can only be slower.
+            parts.append(f"{'at least' if later else 'about'} {duration(left)} to go")
         self.say("  " + " | ".join(parts))
+
+    def _name(self, epoch: int) -> str:
+        total = self.params.get("epochs") if self.params else None
+        width = len(str(total or ""))
+        return f"{self.stage} epoch {epoch + 1:>{width}}/{total}"
+
+    def _seconds_left(self, epoch: int) -> tuple[float, bool]:
+        """Epochs left in the run times this stage's mean epoch seconds, and whether
+        later stages (of a pace not yet seen) are among them."""
+        names = [name for name, _ in self.stages]
+        later = names[names.index(self.stage) + 1:] if self.stage in names else []
+        epochs = (self.params.get("epochs") or 0) - epoch - 1
+        later_epochs = sum(n for name, n in self.stages if name in later)
+        pace = sum(s for _, s in self.seconds) / len(self.seconds)
+        return (epochs + later_epochs) * pace, later_epochs > 0
+
+
+def on_terminal(stream) -> bool:
+    """Whether `stream` is a terminal (a bar may redraw in place), not a log or notebook.
+
+    Example:
+        >>> import io
+        >>> on_terminal(io.StringIO())
+        False
+    """
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def duration(seconds: float) -> str:
+    """A duration for people: seconds, minutes or hours.
+
+    Example:
+        >>> duration(42.4), duration(150), duration(9000)
+        ('42 s', '2.5 min', '2.5 h')
+    """
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 class NumericalFault(TltkError):

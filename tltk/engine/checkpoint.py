@@ -38,7 +38,15 @@ from tltk import faults
 from tltk.config import RunConfig
 from tltk.errors import TltkError
 from tltk.log import keras_chatter
-from tltk.rundir import RunDir, atomic_path, damaged, read_json
+from tltk.rundir import (
+    RunDir,
+    atomic_path,
+    damaged,
+    model_bytes,
+    read_json,
+    require_space,
+    save_weights,
+)
 
 BACKUP = "backup"
 STATE_FILE = "state.json"
@@ -129,6 +137,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         folder = _stage_dir(self.run, self.stage)
         name = f"epoch-{epoch + 1:04d}.weights.h5"
+        require_space(folder, model_bytes(self.model), f"the checkpoint {name}")
         with atomic_path(folder / name) as tmp:
             self.model.save_weights(tmp)
             faults.fault_point(f"{self.stage}:{epoch + 1}:checkpoint-write")
@@ -230,8 +239,7 @@ def complete_stage(run: RunDir, stage: str, full_model: keras.Model, trackers,
 
     Only the latest stage's weights are kept: a resume needs nothing older.
     """
-    with atomic_path(_stage_end_file(run, stage)) as tmp:
-        full_model.save_weights(tmp)
+    save_weights(full_model, _stage_end_file(run, stage))
     entry = {**entry, "resume": {"seeds": seed_states(full_model), **trackers.state()}}
     stages = (run.status() or {}).get("stages", [])
     run.set_status("running", stages=[*stages, entry])

@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -36,7 +37,14 @@ from tqdm.auto import tqdm
 from tltk import faults
 from tltk.data.core import Split, fingerprint
 from tltk.log import log
-from tltk.rundir import atomic_path, checksum_path, verify_checksum, write_checksum, write_text
+from tltk.rundir import (
+    atomic_path,
+    checksum_path,
+    require_space,
+    verify_checksum,
+    write_checksum,
+    write_text,
+)
 
 
 def default_cache_dir() -> Path:
@@ -69,8 +77,11 @@ class FeatureCache:
         start = time.time()
         # e.g. "features:train:mid-extraction", a test fault point in the first view.
         fault = ":".join(desc.split()) + ":mid-extraction"
+        require_space(self.root, np.prod(shape) * np.dtype(dtype).itemsize,
+                      f"the {desc or 'feature'} cache")
         with atomic_path(path) as tmp:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+            _allocate(tmp)
             for view in range(views):
                 self._extract(extractor, make_inputs(view), out[view],
                               f"{desc} view {view + 1}/{views}", fault if not view else "")
@@ -99,6 +110,14 @@ class FeatureCache:
                 if fault and filled == len(feats):
                     faults.fault_point(fault)
         assert filled == len(out), f"extracted {filled} features for {len(out)} images"
+
+
+def _allocate(path: Path) -> None:
+    """Give the sparse memory-mapped file its disk blocks now: a full disk is then an
+    OSError here, not a SIGBUS that kills the process at the first unbacked page."""
+    with open(path, "r+b") as file:
+        with contextlib.suppress(AttributeError):  # no posix_fallocate: macOS, Windows
+            os.posix_fallocate(file.fileno(), 0, os.path.getsize(path))
 
 
 def feature_dtype(shape: tuple) -> np.dtype:

@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,10 +43,17 @@ from tltk.engine.callbacks import (
 from tltk.engine.context import Context
 from tltk.engine.stage import check_stages, run_stage
 from tltk.errors import TltkError
-from tltk.evaluation.metrics import default_k, evaluate_models, format_table
+from tltk.evaluation.metrics import (
+    default_k,
+    evaluate_models,
+    format_table,
+    plus_minus,
+    small_splits_warning,
+)
 from tltk.evaluation.reports import write_run_report
 from tltk.log import log
 from tltk.models.backbones import (
+    OWN_WEIGHTS,
     build_backbone,
     canonical_backbone,
     check_image_size,
@@ -55,7 +63,7 @@ from tltk.models.backbones import (
 )
 from tltk.models.heads import build_classifier
 from tltk.models.spec import BackboneSpec
-from tltk.rundir import RunDir, save_model, write_csv
+from tltk.rundir import RunDir, model_bytes, require_space, save_model, write_csv
 from tltk.saving import load_keras_file
 
 
@@ -77,7 +85,9 @@ def resolve(config: RunConfig, spec: BackboneSpec, dataset: Dataset) -> RunConfi
     """Fill in what the config left open: image size, top-k and the run directory."""
     size = config.data.image_size or spec.default_size
     out = config.out or f"runs/{config.recipe}-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return replace(config, backbone=canonical_backbone(config.backbone),
+    # A model file's weights are its own: config.yaml and the report say so, not 'imagenet'.
+    weights = OWN_WEIGHTS if spec.source and config.weights == "imagenet" else config.weights
+    return replace(config, backbone=canonical_backbone(config.backbone), weights=weights,
                    data=replace(config.data, image_size=size), out=out,
                    top_k=config.top_k or default_k(dataset.num_classes))
 
@@ -122,9 +132,24 @@ def _train(config: RunConfig, spec: BackboneSpec, say, strategy=None,
         ctx.run.close()
         raise
     end_run(ctx)
-    say(f"report: {write_run_report(ctx.run.path)}")
+    write_run_report(ctx.run.path)
+    say_where(ctx.run.path, say)
     runtime.cleanup(ctx.run, strategy)
     return result
+
+
+def say_where(path: Path, say) -> None:
+    """Where a finished run's model and report are, and the Python line that loads it.
+
+    Example:
+        >>> say_where(Path("runs/demo"), print)
+        best model: runs/demo/best.keras
+        report:     runs/demo/report.html
+        in Python:  import tltk; model, class_names = tltk.load_model("runs/demo")
+    """
+    say(f"best model: {path / 'best.keras'}")
+    say(f"report:     {path / 'report.html'}")
+    say(f'in Python:  import tltk; model, class_names = tltk.load_model("{path}")')
 
 
 def end_run(ctx: Context) -> None:
@@ -193,16 +218,26 @@ def prepare(config: RunConfig, spec: BackboneSpec, say=log, strategy=None,
         + (" (resumed)" if run.resumed else ""))
     run.write_json("classes.json", dataset.class_names)
     run.set_status("running", splits={name: len(s) for name, s in dataset.splits.items()})
+    warning = small_splits_warning(dataset.sizes())
+    if warning:
+        logging.getLogger(__name__).warning("warning: %s", warning)
     if dataset.skipped:
         skipped = pd.DataFrame(dataset.skipped, columns=["path", "reason"])
         write_csv(run.file("skipped.csv"), skipped)
         say(f"skipped {len(dataset.skipped)} unreadable files: see {run.file('skipped.csv')}")
     model = build_classifier(backbone, spec, dataset.num_classes, config.head)
+    try:
+        require_space(run.path, run_bytes(model, run.path), "the run")
+    except TltkError:
+        run.close()
+        raise
     trackers = Trackers(HistoryWriter(run), BestModelSaver(model, run))
+    logger = EpochLogger(say, [(s.name, s.epochs) for s in config.stages], config.top_k,
+                         dataset.num_classes)
     # TensorBoard: loss, accuracy and learning rate per epoch, `tensorboard --logdir runs/`.
     board = keras.callbacks.TensorBoard(str(run.file("tensorboard")), write_graph=False,
                                         profile_batch=0)
-    callbacks = [trackers.history, trackers.saver, EpochLogger(say), board]
+    callbacks = [trackers.history, trackers.saver, logger, board]
     ctx = Context(config, spec, dataset, model, run, size, config.top_k, trackers, callbacks,
                   say)
     try:
@@ -211,6 +246,21 @@ def prepare(config: RunConfig, spec: BackboneSpec, say=log, strategy=None,
         run.close()
         raise
     return ctx
+
+
+def run_bytes(model: keras.Model, path: Path) -> int:
+    """Roughly the disk space a run still needs: at its peak it holds best.keras,
+    final.keras and an epoch checkpoint (each the weights with an Adam state of twice
+    their size), a stage's end weights, and one of them again as a temp file while it
+    is written; what the run directory already holds counts as written.
+
+    Example::
+
+        run_bytes(model, Path("runs/x"))  # about 13 times the weights, for a new run
+    """
+    weights = model_bytes(model, optimizer=False)
+    held = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    return max(0, 13 * weights - held)
 
 
 def finish(ctx: Context) -> RunResult:
@@ -225,9 +275,14 @@ def finish(ctx: Context) -> RunResult:
     models = {"best": load_keras_file(run.file("best.keras")), "final": model}
     if any(stage.ema is not None for stage in config.stages) and run.file("ema.keras").is_file():
         models["ema"] = load_keras_file(run.file("ema.keras"))
+    ctx.say(f"evaluating {' and '.join(models)} weights on "
+            f"{', '.join(ctx.dataset.eval_splits())}"
+            + (" (with flip TTA)" if config.tta != "none" else ""))
     metrics = evaluate_models(models, ctx.dataset, run, ctx.image_size, config.batch_size,
                               ctx.k, config.data.resize, tta=config.tta)
+    sizes = ctx.dataset.sizes()
+    best = 100 * saver.best
     ctx.say(f"best weights: epoch {saver.best_epoch + 1} of {saver.epochs_seen}, stage "
-            f"{saver.best_stage} (val top-1 {100 * saver.best:.2f}%)")
-    ctx.say(format_table(metrics))
+            f"{saver.best_stage} (val top-1 {best:.2f}%{plus_minus(best, sizes.get('val'))})")
+    ctx.say(format_table(metrics, ctx.dataset.num_classes, sizes))
     return RunResult(run.path, metrics, model, config)

@@ -23,7 +23,6 @@ Example::
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -369,19 +368,6 @@ def _augmenter(ctx: Context, stage: StageConfig, seed: int):
     return streams.seeded_augment(make_augmenter(ctx.config, seed))
 
 
-def progress_bar(stream=None) -> int:
-    """Keras's `verbose`: its per-step bar with an ETA on a terminal (long epochs), else
-    0 and only `EpochLogger`'s one line per epoch (logs and notebooks stay readable).
-
-    Example::
-
-        progress_bar(io.StringIO())
-        # 0
-    """
-    stream = stream or sys.stdout
-    return 1 if getattr(stream, "isatty", lambda: False)() else 0
-
-
 def _fit(ctx: Context, plan: StagePlan, steps: int, make_train, val_ds,
          frozen_checksum: str | None = None) -> keras.Model:
     """Compile the plan's model, continue after the stage's last committed epoch, fit
@@ -412,7 +398,8 @@ def _fit(ctx: Context, plan: StagePlan, steps: int, make_train, val_ds,
         fitted.fit(make_train(first),
                    validation_data=plan.labels(val_ds, ctx.dataset.num_classes),
                    epochs=stage.epochs,
-                   initial_epoch=first, steps_per_epoch=steps, verbose=progress_bar(),
+                   # EpochLogger prints each epoch's line (and a batch bar on a terminal).
+                   initial_epoch=first, steps_per_epoch=steps, verbose=0,
                    shuffle=False,
                    callbacks=[*ctx.callbacks, commit, guard, *([raw] if raw else [])],
                    class_weight=class_weights(ctx))
@@ -480,6 +467,7 @@ def training_images(ctx: Context, plan: StagePlan, through: keras.Model | None =
     if _images_in_memory(ctx) if in_memory is None else in_memory:
         # Decoded and resized once into one uint8 array; every epoch shuffles indices
         # with its own seed and gathers whole batches from it (no shuffle buffer of images).
+        ctx.say(f"  decoding {len(train):,} training images at {ctx.image_size} px into memory")
         images = decode_split(train, ctx.image_size, cfg.batch_size, cfg.data.resize)
         examples, gather = tf.data.Dataset.range(len(train)), streams.array_gather(
             images, train.labels)

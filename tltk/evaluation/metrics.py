@@ -26,6 +26,58 @@ WEIGHTS = ("best", "final")
 AFFINE_VIEWS = ({"zx": 0.9, "zy": 0.9}, {"theta": 8.0}, {"theta": -8.0})
 
 
+# Below this many images a split's accuracy is shown with its 95 % interval: at 50 %
+# accuracy the interval is then wider than +-10 points, more than the gaps between the
+# recipes runs are compared on (the demo's 180 images: +-7).
+SMALL_SPLIT = 100
+
+
+def interval(percent: float, n: int) -> float:
+    """Half the width of the 95 % Wilson interval of an accuracy, in points.
+
+    Wilson's interval, unlike the normal approximation, is not zero at 0 % or 100 %.
+
+    Example:
+        >>> round(interval(80.0, 20), 1), round(interval(100.0, 20), 1)
+        (16.8, 8.1)
+    """
+    z, p = 1.959964, percent / 100.0
+    return float(100.0 * z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)))
+
+
+def plus_minus(percent: float, n: int | None) -> str:
+    """' ± 17' after an accuracy measured on a small split (`SMALL_SPLIT`), else ''.
+
+    Example:
+        >>> plus_minus(80.0, 20), plus_minus(80.0, 649)
+        (' ± 17', '')
+    """
+    if not n or n >= SMALL_SPLIT or not np.isfinite(percent):
+        return ""
+    return f" ± {interval(percent, n):.0f}"
+
+
+def small_splits_warning(sizes: dict[str, int]) -> str | None:
+    """The one warning a run gives at its start when an evaluation split is small.
+
+    Example:
+        >>> print(small_splits_warning({"val": 20, "test": 20}))
+        val has 20 images and test 20: their accuracies are uncertain by up to ± 20 points
+        (95 % interval), shown next to each figure; more images (or larger val/test
+        fractions) narrow it
+    """
+    small = {name: n for name, n in sizes.items() if 0 < n < SMALL_SPLIT}
+    if not small:
+        return None
+    names = list(small)
+    counts = f"{names[0]} has {small[names[0]]} images" + "".join(
+        f" and {name} {small[name]}" for name in names[1:])
+    their = "their accuracies are" if len(small) > 1 else "its accuracy is"
+    return (f"{counts}: {their} uncertain by up to ± {interval(50.0, min(small.values())):.0f} "
+            "points (95 % interval), shown next to each figure; more images (or larger "
+            "val/test fractions) narrow it")
+
+
 def default_k(num_classes: int) -> int:
     return 2 if num_classes <= 5 else 5
 
@@ -106,20 +158,44 @@ def evaluate_models(models: dict, dataset: Dataset, run: RunDir, image_size: int
     return table
 
 
-def format_table(metrics: pd.DataFrame) -> str:
-    """The thesis's layout: rows = weights, columns = split x {top-1, top-k}."""
+def covers_all(ks, classes: int | None) -> bool:
+    """Whether top-k says nothing: k reaches the number of classes (always 100 %).
+
+    Example:
+        >>> covers_all([2], 2), covers_all([2], 5), covers_all([5], None)
+        (True, False, False)
+    """
+    return classes is not None and len(ks) > 0 and min(int(k) for k in ks) >= classes
+
+
+def format_table(metrics: pd.DataFrame, classes: int | None = None,
+                 sizes: dict[str, int] | None = None) -> str:
+    """The thesis's layout: rows = weights, columns = split x {top-1, top-k}; top-k is
+    left out when k covers all `classes`, and a small split (`sizes`, images per
+    split) shows each figure's 95 % interval (`plus_minus`)."""
     k = int(metrics["k"].iloc[0])
-    wide = metrics.pivot(index="weights", columns="split", values=["top1", "topk"])
+    values = ["top1"] if covers_all([k], classes) else ["top1", "topk"]
+    wide = metrics.pivot(index="weights", columns="split", values=values)
     splits = list(dict.fromkeys(metrics["split"]))
     width = max(8, *(len(w) + 1 for w in metrics["weights"]))  # e.g. "final+tta"
-    header = f"{'weights':<{width}}" + "".join(f"{s + ' top-1':>13}{s + f' top-{k}':>13}"
-                                         for s in splits)
+    labels = {"top1": "top-1", "topk": f"top-{k}"}
+    sizes = sizes or {}
+    cell = {s: 18 if plus_minus(50.0, sizes.get(s)) else 13 for s in splits}
+    header = f"{'weights':<{width}}" + "".join(f"{s + ' ' + labels[v]:>{cell[s]}}"
+                                         for s in splits for v in values)
     lines = [header]
     for weights in dict.fromkeys(metrics["weights"]):
-        cells = "".join(f"{wide.loc[weights, ('top1', s)]:>12.2f}%"
-                        f"{wide.loc[weights, ('topk', s)]:>12.2f}%" for s in splits)
-        lines.append(f"{weights:<{width}}{cells}")
+        cells = "".join(
+            f"{_figure(wide.loc[weights, (v, s)], sizes.get(s)):>{cell[s]}}"
+            for s in splits for v in values)
+        lines.append(f"{weights:<{width}}{cells}".rstrip())
     return "\n".join(lines)
+
+
+def _figure(percent: float, n: int | None) -> str:
+    # "± 9 " and "± 17" take the same width, so the figures stay aligned.
+    spread = plus_minus(percent, n)
+    return f"{percent:.2f}%{spread:<5}" if spread else f"{percent:.2f}%"
 
 
 def evaluate_run(run_dir, which: str = "both", write: bool = False) -> pd.DataFrame:
@@ -152,6 +228,6 @@ def evaluate_run(run_dir, which: str = "both", write: bool = False) -> pd.DataFr
     k = config.top_k or default_k(dataset.num_classes)
     table = evaluate_models(models, dataset, run, size, config.batch_size, k,
                             config.data.resize, write=write, tta=config.tta)
-    print(format_table(table))
+    print(format_table(table, dataset.num_classes, dataset.sizes()))
     keras.backend.clear_session()
     return table

@@ -42,9 +42,9 @@ def stage_spans(history: pd.DataFrame) -> list[tuple[str, int, int]]:
     """Consecutive runs of the `stage` column as (name, first epoch, last epoch).
 
     Example:
-        >>> h = pd.DataFrame({"stage": ["head", "head", "finetune"], "epoch": [0, 1, 2]})
+        >>> h = pd.DataFrame({"stage": ["head", "head", "finetune"], "epoch": [1, 2, 3]})
         >>> stage_spans(h)
-        [('head', 0, 1), ('finetune', 2, 2)]
+        [('head', 1, 2), ('finetune', 3, 3)]
     """
     spans: list[tuple[str, int, int]] = []
     for stage, epoch in zip(history["stage"], history["epoch"]):

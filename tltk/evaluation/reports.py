@@ -27,7 +27,7 @@ import pandas as pd
 
 from tltk.errors import TltkError
 from tltk.evaluation import analysis, gradcam, plots
-from tltk.evaluation.metrics import default_k
+from tltk.evaluation.metrics import covers_all, default_k, interval, plus_minus
 from tltk.rundir import REEVALUATE, RunDir, damaged, open_run, read_csv, write_csv, write_text
 
 SPLIT_ORDER = ("train", "val", "test")
@@ -43,11 +43,15 @@ def ordered(values, order) -> list:
     return [v for v in order if v in unique] + [v for v in unique if v not in order]
 
 
-def metrics_table(metrics: pd.DataFrame, index=("weights",)) -> pd.DataFrame:
+def metrics_table(metrics: pd.DataFrame, index=("weights",), classes: int | None = None,
+                  sizes: dict[str, int] | None = None) -> pd.DataFrame:
     """Pivot `metrics.csv` rows into one row per `index` and `<split> top-1/top-k` columns.
 
     The top-k column is named by its k (`val top-5`) when every row of the split shares
-    it. An `outside` column (full-original baselines) becomes `<split> outside`.
+    it, and left out when k covers all `classes` (it is then always 100 %). A small
+    split (`sizes`: images per split) gets a `<split> top-1 ±` column, the half-width
+    of the 95 % interval in points (see `metrics.plus_minus`). An
+    `outside` column (full-original baselines) becomes `<split> outside`.
 
     Example:
         >>> m = pd.DataFrame({"weights": ["best", "best"], "split": ["val", "test"],
@@ -68,7 +72,12 @@ def metrics_table(metrics: pd.DataFrame, index=("weights",)) -> pd.DataFrame:
         ks = part["k"].dropna().unique()
         k_label = f"top-{int(ks[0])}" if len(ks) == 1 else "top-k"
         columns[f"{split} top-1"] = part["top1"].reindex(row_index)
-        columns[f"{split} {k_label}"] = part["topk"].reindex(row_index)
+        n = (sizes or {}).get(split)
+        if plus_minus(50.0, n):
+            columns[f"{split} top-1 ±"] = columns[f"{split} top-1"].map(
+                lambda top1, n=n: round(interval(top1, n)))
+        if not covers_all(ks, classes):
+            columns[f"{split} {k_label}"] = part["topk"].reindex(row_index)
         if "outside" in part and part["outside"].notna().any():
             columns[f"{split} outside"] = part["outside"].reindex(row_index)
     table = pd.DataFrame(columns, index=row_index)
@@ -304,8 +313,13 @@ def _summary(run: RunDir, config: dict, class_names: list[str]) -> str:
     data = config.get("data") or {}
     stages = ", ".join(f"{s.get('name')} ({s.get('epochs')} epochs)"
                        for s in config.get("stages") or [] if isinstance(s, dict))
+    weights = config.get("weights", "?")
+    # A model file (or preset) backbone carries its weights: name the file, not 'imagenet'.
+    source = config.get("backbone", "?")
+    kind = "keras-hub preset" if str(source).startswith("hub:") else "model file"
+    backbone = f"{kind} {source} (with its own weights)" if weights == "own" else source
     parts = [f"Status: {status}", f"recipe: {config.get('recipe', '?')}",
-             f"backbone: {config.get('backbone', '?')}", f"weights: {config.get('weights', '?')}",
+             f"backbone: {backbone}", *([] if weights == "own" else [f"weights: {weights}"]),
              f"dataset: {data.get('dataset', '?')}", f"classes: {len(class_names)}"]
     if stages:
         parts.append(f"stages: {stages}")
@@ -345,7 +359,9 @@ def _metrics_section(doc: _Doc, run: RunDir) -> None:
     doc.heading("Accuracy (%)")
     if run.file("metrics.csv").is_file():
         metrics = run.metrics()
-        doc.table(metrics_table(metrics))
+        sizes = {split: len(run.predictions(weights, split)["labels"])
+                 for weights, split in prediction_files(run) if weights == "best"}
+        doc.table(metrics_table(metrics, classes=len(run.class_names()), sizes=sizes))
         doc.para(_evaluated(metrics, run))
     else:
         doc.para("No metrics.csv: the run has not been evaluated yet.")

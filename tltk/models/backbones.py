@@ -203,9 +203,14 @@ def build_backbone(spec: BackboneSpec, weights: str, image_size: int) -> keras.M
     return _build_from_file(spec, shape, Path(weights).expanduser())
 
 
+# How config.yaml names the weights a model file or preset carries (see `run.resolve`).
+OWN_WEIGHTS = "own"
+
+
 def _build_source(spec: BackboneSpec, shape, weights: str) -> keras.Model:
-    """A model file or preset carries its weights: 'imagenet' (the default) means them."""
-    if weights != "imagenet":
+    """A model file or preset carries its weights: 'own' means them, as does 'imagenet',
+    the default a config gets before the run resolves it."""
+    if weights not in ("imagenet", OWN_WEIGHTS):
         raise TltkError(f"--weights: {spec.source} carries its own weights; leave --weights "
                         "out (or give 'none' for random weights)")
     return spec.builder(shape, "source")

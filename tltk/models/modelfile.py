@@ -62,13 +62,20 @@ def load_file(path: Path) -> keras.Model:
     if not path.is_file():
         raise TltkError(f"--backbone: file not found: {path}; give a .keras or full-model "
                         ".h5 file, or a name from `tltk backbones`")
+    from tltk.saving import model_file_problem
+
+    # What the file is, said first: Keras's own message for a text or weights file is
+    # misleading (e.g. "File not found" for a text file named .keras).
+    found = model_file_problem(path)
     try:
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        model = None if found else keras.saving.load_model(path, compile=False,
+                                                            safe_mode=True)
     except Exception as exc:  # noqa: BLE001 - every unreadable file gets the same advice
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
-        raise TltkError(f"--backbone: {path} is not a Keras model file ({first}); give a "
-                        ".keras or full-model .h5 file (a weights-only file goes with "
-                        "--backbone NAME --weights FILE)") from None
+        found = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+    if found:
+        raise TltkError(f"--backbone: {path} is not a Keras model file ({found}); give "
+                        "a .keras or full-model .h5 file (a weights-only file goes with "
+                        "--backbone NAME --weights FILE)")
     if not isinstance(model, keras.Model) or len(model.inputs) != 1:
         raise TltkError(f"--backbone: {path} is not a single-input Keras model")
     return model
