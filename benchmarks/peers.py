@@ -1,4 +1,4 @@
-"""B6's peer recipes in plain Keras, each as its authors document it.
+"""The peer recipes of B6 and B9 in plain Keras, each as its authors document it.
 
 Every recipe takes a `Backbone`, the fixed flowers split (`Data`) and a running `Clock`
 (the wall-clock budget), and hands back the trained model and its per-epoch curve.
@@ -410,11 +410,10 @@ class RandomApply(keras.layers.Layer):
 
 
 def fastai_augmentation() -> keras.Sequential:
-    def sometimes(layer, rate):
-        return RandomApply(layer, rate, seed=SEED)
-
+    # No layer seeds: the training seed (keras.utils.set_random_seed) drives the draws.
+    sometimes = RandomApply
     return keras.Sequential([
-        keras.layers.RandomFlip("horizontal", seed=SEED),  # Flip(p=0.5)
+        keras.layers.RandomFlip("horizontal"),  # Flip(p=0.5)
         sometimes(keras.layers.RandomRotation(10 / 360, fill_mode="reflect"), FASTAI_P_AFFINE),
         # Negative zoom factors zoom in: up to 1.1x is a crop of 1 / 1.1 of the side.
         sometimes(keras.layers.RandomZoom((1 / 1.1 - 1, 0.0), fill_mode="reflect"),
