@@ -11,12 +11,12 @@ from tltk.recipes import RECIPES, get_recipe, run_config
 
 @pytest.mark.parametrize("name", list(RECIPES))
 def test_every_recipe_config_round_trips_through_yaml(name):
-    config = get_recipe(name).config()
+    config = get_recipe(name)()
     assert RunConfig.from_yaml(config.to_yaml()) == config
 
 
 def test_overrides_address_nested_keys_and_stages():
-    config = get_recipe("folder").config().override(
+    config = get_recipe("folder")().override(
         {"data.image_size": 96, "stages.finetune.lr": 0.01, "backbone": "vgg19"})
     assert config.data.image_size == 96 and config.backbone == "vgg19"
     assert config.stage("finetune").lr == 0.01
@@ -24,7 +24,7 @@ def test_overrides_address_nested_keys_and_stages():
 
 
 def test_recipe_run_overrides_accept_nested_dicts_and_epochs():
-    config = run_config(get_recipe("dogs").config(),
+    config = run_config(get_recipe("dogs")(),
                         {"data": {"path": "/data"}, "epochs_head": 3, "epochs_finetune": 2})
     assert config.data.path == "/data"
     assert [s.epochs for s in config.stages] == [3, 2]

@@ -201,14 +201,14 @@ def test_dogs_reads_real_prepared_tfds_data(prepared_dogs):
 
 @pytest.mark.slow
 def test_dogs_recipe_end_to_end_evaluates_on_v2(tmp_path):
-    from tltk.recipes import dogs
+    from tltk.recipes import run
 
     few = [3, 7, 100]  # three breeds present keep the run to seconds; 120 outputs remain
     splits = {"stanford_dogs": {"train": np.repeat(few, 45), "test": np.repeat(few, 15)},
               "imagenet_v2": {"test": np.arange(1000)}}
     with mocked(splits):
-        result = dogs.run(backbone="scratch", data={"image_size": 32}, epochs_head=1,
-                          epochs_finetune=1, batch_size=16, out=str(tmp_path / "run"))
+        result = run("dogs", backbone="scratch", data={"image_size": 32}, epochs_head=1,
+                     epochs_finetune=1, batch_size=16, out=str(tmp_path / "run"))
     metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert set(metrics["split"]) == {"val", "test", "v2"}
     assert set(metrics["weights"]) == {"best", "final"}

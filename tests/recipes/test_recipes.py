@@ -22,7 +22,8 @@ from tltk.recipes import (
     flowers,
     flowers_thesis,
     folder,
-    get_recipe,
+    run,
+    summary,
 )
 
 BREEDS = [3, 7]  # two breeds keep a run to seconds; the head still has 120 outputs
@@ -92,7 +93,7 @@ def test_tltk_recipes_lists_each_recipe_on_one_line():
     lines = result.output.strip().splitlines()
     assert [line.split()[0] for line in lines] == list(RECIPES)
     for name, line in zip(RECIPES, lines):
-        assert line.endswith(get_recipe(name).SUMMARY)
+        assert line.endswith(summary(name))
 
 
 def reference_checking(get, checked: list):
@@ -165,7 +166,7 @@ def test_dogs_without_v2_fails_unless_no_v2_and_a_0_epoch_stage_is_skipped(tmp_p
 @pytest.mark.slow
 def test_dogs_thesis_recipe_runs_with_resnet50(tmp_path):
     with mocked(dog_splits()):
-        result = dogs_thesis.run(backbone="resnet50", weights="none", data=TINY, epochs_head=1,
+        result = run("dogs-thesis", backbone="resnet50", weights="none", data=TINY, epochs_head=1,
                           epochs_finetune=1, batch_size=16, out=str(tmp_path / "run"))
     assert set(result.metrics["split"]) == {"val", "test", "v2"}
     assert result.config.head.layers == 2 and result.config.backbone == "resnet50"
@@ -176,7 +177,7 @@ def test_dogs_thesis_recipe_runs_with_resnet50(tmp_path):
 def test_flowers_thesis_recipe_reports_top2_and_steps_its_learning_rate(tmp_path):
     splits = {"tf_flowers": {"train": np.repeat(np.arange(5), 10)}}
     with mocked(splits):
-        result = flowers_thesis.run(weights="none", data=TINY, epochs_head=1, epochs_finetune=2,
+        result = run("flowers-thesis", weights="none", data=TINY, epochs_head=1, epochs_finetune=2,
                              batch_size=16, out=str(tmp_path / "run"),
                              stages={"finetune": {"lr_steps": [[1, 0.001]]}})
     assert set(result.metrics["split"]) == {"val"} and (result.metrics["k"] == 2).all()
@@ -190,7 +191,7 @@ def test_flowers_thesis_recipe_reports_top2_and_steps_its_learning_rate(tmp_path
 def test_flowers_recipe_splits_70_15_15_and_tunes_with_one_cycle(tmp_path, tiny_backbone):
     splits = {"tf_flowers": {"train": np.repeat(np.arange(5), 20)}}
     with mocked(splits):
-        result = flowers.run(backbone="tiny", weights="none", data=TINY, epochs_head=1,
+        result = run("flowers", backbone="tiny", weights="none", data=TINY, epochs_head=1,
                              epochs_finetune=2, batch_size=16, out=str(tmp_path / "run"))
     assert set(result.metrics["split"]) == {"val", "test"} and (result.metrics["k"] == 2).all()
     sizes = {name: len(np.load(result.run_dir / "predictions" / f"best-{name}.npz")["labels"])

@@ -24,7 +24,7 @@ split streams (`Split.source()`).
   in tfds; use it through the `folder` source instead (one subfolder per class, the same
   stratified split; its class names are singular: `rose`, not `roses`):
   `tltk train folder --data ../shared/data/flowers-128`, or the flower protocol with
-  `recipes.flowers.run(data={"dataset": "folder", "path": "../shared/data/flowers-128"})`.
+  `recipes.run("flowers", data={"dataset": "folder", "path": "../shared/data/flowers-128"})`.
 
 Example::
 

@@ -8,11 +8,15 @@ spirit of keras-tuner's `HyperModel.build` / `HyperModel.fit`:
 - `train(config) -> RunResult`: the whole lifecycle;
 - `prepare(config, spec) -> Context`: data, model and run directory, no training
   (a resumed run is restored here);
-- `run_stage(ctx, stage)`: one stage (freezing, caching choice, fitting);
+- `plan_stage(ctx, stage) -> StagePlan`: how a stage trains (blocks, cache, model
+  view, loss, labels, augmentation, optimizer); `run_stage`, the dry run and the LR
+  finder all train from it;
+- `run_stage(ctx, stage)`: one stage (its plan, then fitting);
 - `finish(ctx) -> RunResult`: save final.keras, evaluate best and final weights;
 - `end_run(ctx)`: mark a run complete without evaluating it.
 
-Modules: `run` (the lifecycle), `stage` (one stage), `checkpoint` (epoch commits,
+Modules: `run` (the lifecycle), `context` (what the stages share), `stage` (one stage),
+`dryrun` (the plan with timed batches), `checkpoint` (epoch commits,
 resume, rollback), `streams` (seeded epoch streams), `callbacks`, `features` (the
 feature cache) and `runtime` (precision, determinism, distribution strategy).
 
@@ -26,8 +30,9 @@ Example::
 """
 
 from tltk.engine.checkpoint import resume_config
-from tltk.engine.run import Context, RunResult, end_run, finish, prepare, train
-from tltk.engine.stage import run_stage
+from tltk.engine.context import Context
+from tltk.engine.run import RunResult, end_run, finish, prepare, train
+from tltk.engine.stage import StagePlan, plan_stage, run_stage
 
-__all__ = ["Context", "RunResult", "end_run", "finish", "prepare", "resume_config",
-           "run_stage", "train"]
+__all__ = ["Context", "RunResult", "StagePlan", "end_run", "finish", "plan_stage", "prepare",
+           "resume_config", "run_stage", "train"]

@@ -1,9 +1,10 @@
 """`tltk train ... --dry-run`: the plan, the caches against the budget, and time estimates.
 
 Nothing is trained or written: the data is loaded and the classifier built as a run
-would, then for every stage `stage_plan` tells which blocks train and what it caches,
-and a few real batches are timed on this machine (after one warm-up batch): training
-steps on images, or the extraction of the cut and training steps on its output. The
+would (`prepare` without a run directory), then for every stage `plan_stage` tells
+which blocks train and what it caches, and a few real batches are timed on this
+machine (after one warm-up batch) through that same plan: training steps on images, or
+the extraction of the cut and training steps on its output. The
 estimate is those times scaled to the stage's steps and epochs (evaluation after the
 last stage is not included).
 
@@ -23,25 +24,23 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tltk import data as tltk_data
-from tltk.config import RunConfig, StageConfig
+from tltk.config import RunConfig
 from tltk.data.core import make_pipeline
 from tltk.engine import runtime
+from tltk.engine.context import Context
 from tltk.engine.features import AVAILABLE_FRACTION, cache_budget
-from tltk.engine.run import Context, resolve
+from tltk.engine.run import prepare
+from tltk.engine.stage import CachePlan, StagePlan, describe_blocks, describe_optimizer, plan_stage
 from tltk.log import log
-from tltk.models.backbones import build_backbone, check_image_size, get_backbone
-from tltk.models.heads import split_at_blocks
+from tltk.models.backbones import config_backbone
 
 TIMED_BATCHES = 3
 
 
 def dry_run(config: RunConfig, say=log) -> list[str]:
     """Print (and return) the plan of `config`'s run with estimated times; trains nothing."""
-    from tltk.engine.stage import _describe_blocks, _describe_optimizer, stage_plan
-
     config.validate()
-    spec = get_backbone(config.backbone)
+    spec = config_backbone(config)
     keras.utils.set_random_seed(config.seed)
     lines = []
 
@@ -50,42 +49,25 @@ def dry_run(config: RunConfig, say=log) -> list[str]:
         say(text)
 
     with runtime.precision_policy(config.precision):
-        ctx = _context(config, spec)
+        ctx = prepare(config, spec, say=lambda _: None, dry_run=True)
         out(_header(ctx))
         total = 0.0
         for stage in ctx.config.stages:
             if not stage.epochs:
                 out(f"stage {stage.name}: skipped (0 epochs)")
                 continue
-            plan = stage_plan(ctx, stage, strict=False)
+            plan = plan_stage(ctx, stage, strict=False)
             out(f"stage {stage.name}: {stage.epochs} epochs, "
-                f"{_describe_blocks(plan['blocks'], spec)}, {plan['trainable']:,} trainable "
-                f"weights, {_describe_optimizer(stage)}")
-            cache = plan["cache"]
-            if cache:
-                out(_cache_line(ctx, cache))
-            seconds, how = _estimate(ctx, stage, plan)
+                f"{describe_blocks(plan.blocks, spec)}, {plan.trainable:,} trainable "
+                f"weights, {describe_optimizer(stage)}")
+            if plan.cache:
+                out(_cache_line(ctx, plan.cache))
+            seconds, how = estimate_stage(ctx, plan)
             total += seconds
             out(f"  estimated {_duration(seconds)} ({how})")
     out(f"estimated training time: {_duration(total)} (from {TIMED_BATCHES} timed batches "
         "per stage on this machine; final evaluation not included)")
     return lines
-
-
-def _context(config: RunConfig, spec) -> Context:
-    """What `prepare` builds, without a run directory."""
-    from tltk.models.heads import build_classifier
-
-    size = config.data.image_size or spec.default_size
-    check_image_size(spec, size)
-    dataset = tltk_data.load(config.data, seed=config.seed)
-    tltk_data.require_training_splits(dataset)
-    weights = config.weights if spec.pretrained else "none"
-    model = build_classifier(build_backbone(spec, weights, size), spec, dataset.num_classes,
-                             config.head)
-    config = resolve(config, spec, dataset)
-    return Context(config, spec, dataset, model, run=None, image_size=size, k=config.top_k,
-                   trackers=None, callbacks=[], log=lambda _: None)
 
 
 def _header(ctx: Context) -> str:
@@ -99,13 +81,13 @@ def _header(ctx: Context) -> str:
             f"{counts}; cache budget {budget / 1e9:.2f} GB ({where})")
 
 
-def _cache_line(ctx: Context, cache: dict) -> str:
+def _cache_line(ctx: Context, cache: CachePlan) -> str:
     budget = cache_budget(ctx.config.cache_budget_gb)
-    verdict = (f"over the {budget / 1e9:.2f} GB budget: " + cache["over"].split(": ", 1)[1]
-               if cache["over"] else f"fits the {budget / 1e9:.2f} GB budget")
-    what = "pooled features" if cache["kind"] == "pooled" else "activations"
-    return (f"  cache: {what} at {cache['cut']} {cache['shape']}, {cache['views']} view(s) of "
-            f"train + plain val: {cache['bytes'] / 1e9:.2f} GB, {verdict}")
+    verdict = (f"over the {budget / 1e9:.2f} GB budget: " + cache.over.split(": ", 1)[1]
+               if cache.over else f"fits the {budget / 1e9:.2f} GB budget")
+    what = "pooled features" if cache.kind == "pooled" else "activations"
+    return (f"  cache: {what} at {cache.cut} {cache.shape}, {cache.views} view(s) of "
+            f"train + plain val: {cache.bytes / 1e9:.2f} GB, {verdict}")
 
 
 def _batches(ctx: Context, split: str, count: int) -> list:
@@ -126,40 +108,39 @@ def _seconds_per_call(fn, items: list) -> float:
     return float(np.median(times))
 
 
-def _estimate(ctx: Context, stage: StageConfig, plan: dict) -> tuple[float, str]:
-    """(seconds, how it was estimated) for the whole stage."""
-    from tltk.engine.stage import _augmenter, _compile
+def estimate_stage(ctx: Context, plan: StagePlan) -> tuple[float, str]:
+    """(seconds, how it was estimated) for the whole stage, from timed batches.
 
+    The batches go through the plan as `run_stage` sends them: the cut's extraction and
+    steps on its output when the stage trains on a cache, else augmented images; then
+    the label transform (one-hot, mixup) and the plan's compiled model.
+    """
     cfg, splits = ctx.config, ctx.dataset.splits
     steps = math.ceil(len(splits["train"]) / cfg.batch_size)
     val_steps = math.ceil(len(splits["val"]) / cfg.batch_size)
     batches = _batches(ctx, "train", TIMED_BATCHES + 1)
-    if stage.mixup:  # its loss takes (mixed) one-hot labels
-        classes = ctx.dataset.num_classes
-        batches = [(x, tf.one_hot(tf.cast(y, tf.int32), classes)) for x, y in batches]
-    cache = plan["cache"]
-    if cache and not cache["over"]:
-        lower, upper, _ = split_at_blocks(ctx.model, ctx.spec,
-                                          [] if cache["kind"] == "pooled" else plan["blocks"])
-        extract = _seconds_per_call(lambda b: lower.predict_on_batch(b[0]), batches)
-        feats = [(lower.predict_on_batch(x), y) for x, y in batches]
-        _compile(ctx, upper, stage, steps)
-        step = _seconds_per_call(lambda b: upper.train_on_batch(*b), feats)
-        val = _seconds_per_call(lambda b: upper.predict_on_batch(b[0]), feats)
-        extracted = math.ceil((len(splits["train"]) * cache["views"] + len(splits["val"]))
-                              / cfg.batch_size)
-        epoch = steps * step + val_steps * val
-        return (extracted * extract + stage.epochs * epoch,
-                f"extraction {_duration(extracted * extract)} once, then "
-                f"{stage.epochs} x {_duration(epoch)} per epoch on the cache")
-    augment = _augmenter(ctx, stage, cfg.seed) or (lambda x, _: x)
     seed = tf.constant([0, 0], tf.int64)
-    images = [(augment(tf.cast(x, tf.uint8), seed), y) for x, y in batches]
-    _compile(ctx, ctx.model, stage, steps)
-    step = _seconds_per_call(lambda b: ctx.model.train_on_batch(*b), images)
-    val = _seconds_per_call(lambda b: ctx.model.predict_on_batch(b[0]), images)
+    extract = 0.0
+    if plan.cached:
+        extract = _seconds_per_call(lambda b: plan.lower.predict_on_batch(b[0]), batches)
+        inputs = [(plan.lower.predict_on_batch(x), y) for x, y in batches]
+    else:
+        augment = plan.make_augmenter(cfg.seed) or (lambda x, _: x)
+        inputs = [(augment(tf.cast(x, tf.uint8), seed), y) for x, y in batches]
+    if plan.mixer is not None:
+        inputs = [plan.mixer(x, y, seed) for x, y in inputs]
+    plan.compile(steps)
+    step = _seconds_per_call(lambda b: plan.fitted.train_on_batch(*b), inputs)
+    val = _seconds_per_call(lambda b: plan.fitted.predict_on_batch(b[0]), inputs)
     epoch = steps * step + val_steps * val
-    return stage.epochs * epoch, f"{stage.epochs} x {_duration(epoch)} per epoch on images"
+    if not plan.cached:
+        return plan.stage.epochs * epoch, (f"{plan.stage.epochs} x {_duration(epoch)} per "
+                                           "epoch on images")
+    extracted = math.ceil((len(splits["train"]) * plan.cache.views + len(splits["val"]))
+                          / cfg.batch_size) * extract
+    return (extracted + plan.stage.epochs * epoch,
+            f"extraction {_duration(extracted)} once, then {plan.stage.epochs} x "
+            f"{_duration(epoch)} per epoch on the cache")
 
 
 def _duration(seconds: float) -> str:

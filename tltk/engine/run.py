@@ -21,7 +21,7 @@ Example::
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
@@ -38,6 +38,8 @@ from tltk.engine.callbacks import (
     NumericalFault,
     Trackers,
 )
+from tltk.engine.context import Context
+from tltk.engine.stage import check_stages, run_stage
 from tltk.errors import TltkError
 from tltk.evaluation.metrics import default_k, evaluate_models, format_table, load_model
 from tltk.evaluation.reports import write_run_report
@@ -69,29 +71,6 @@ class RunResult:
         return pd.read_csv(self.run_dir / "history.csv")
 
 
-@dataclass
-class Context:
-    """What every stage needs; built once per run by `prepare`.
-
-    `callbacks` go to every stage's `fit` (`trackers` are among them: the history and
-    the best-so-far, whose state each checkpoint saves); more may be appended.
-    """
-
-    config: RunConfig
-    spec: BackboneSpec
-    dataset: Dataset
-    model: keras.Model
-    run: RunDir
-    image_size: int
-    k: int
-    trackers: Trackers
-    callbacks: list
-    log: callable
-    done: list = field(default_factory=list)  # stages a resumed run finished before
-    rolled_back: bool = False  # a numerical fault put back the last committed weights
-    resumed_seconds: float = 0.0  # training time of the current stage before a resume
-
-
 def resolve(config: RunConfig, spec: BackboneSpec, dataset: Dataset) -> RunConfig:
     """Fill in what the config left open: image size, top-k and the run directory."""
     size = config.data.image_size or spec.default_size
@@ -121,8 +100,6 @@ def train(config: RunConfig, verbose: bool = True, on_start=None) -> RunResult:
 
 def _train(config: RunConfig, spec: BackboneSpec, say, strategy=None,
            on_start=None) -> RunResult:
-    from tltk.engine.stage import check_stages, run_stage
-
     ctx = prepare(config, spec, say, strategy)
     try:
         check_stages(ctx)
@@ -189,10 +166,12 @@ def _after_fault(ctx: Context, fault: NumericalFault) -> NumericalFault:
     return NumericalFault(f"{fault}{kept}")
 
 
-def prepare(config: RunConfig, spec: BackboneSpec, say=log, strategy=None) -> Context:
+def prepare(config: RunConfig, spec: BackboneSpec, say=log, strategy=None,
+            dry_run: bool = False) -> Context:
     """Load data, build the classifier and create the run directory (no training yet).
 
-    The pieces `train` runs stage by stage; the tuner and the LR finder use them too.
+    The pieces `train` runs stage by stage; the tuner, the LR finder and the dry run use
+    them too. With `dry_run` no run directory is created (the context's `run` is None).
     """
     size = config.data.image_size or spec.default_size
     weights = config.weights if spec.pretrained else "none"
@@ -201,6 +180,9 @@ def prepare(config: RunConfig, spec: BackboneSpec, say=log, strategy=None) -> Co
     tltk_data.require_training_splits(dataset)
     backbone = build_backbone(spec, weights, size)  # unavailable weights fail before training
     config = resolve(config, spec, dataset)
+    if dry_run:
+        model = build_classifier(backbone, spec, dataset.num_classes, config.head)
+        return Context(config, spec, dataset, model, None, size, config.top_k, None, [], say)
     run = RunDir.create(runtime.run_path(config.out, strategy), config.to_yaml())
     say(f"run {run.path}: {spec.name} ({weights_label(spec, weights)} weights) at {size}px "
         f"on {dataset.name}: "

@@ -25,6 +25,9 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import keras
 import numpy as np
@@ -34,8 +37,8 @@ from tltk.config import StageConfig
 from tltk.data.core import decode_split, images_fit_in_memory, make_pipeline
 from tltk.engine import checkpoint, streams
 from tltk.engine.callbacks import NonFiniteLossGuard, NumericalFault, RawWeights
+from tltk.engine.context import Context
 from tltk.engine.features import FeatureCache, cache_budget, cache_bytes
-from tltk.engine.run import Context
 from tltk.errors import TltkError
 from tltk.models.backbones import (
     block_layers,
@@ -53,8 +56,130 @@ from tltk.rundir import save_model
 SHUFFLE_BUFFER = 10_000
 
 
+@dataclass(frozen=True)
+class CachePlan:
+    """The cache a stage trains on: where the classifier is cut, and its size.
+
+    `over` says why it does not fit the memory budget (the stage then trains on images).
+    """
+
+    kind: str  # "pooled" (frozen backbone) or "activations" (below the trainable blocks)
+    cut: str
+    shape: tuple
+    views: int
+    bytes: float
+    over: str | None
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """Everything `run_stage`, the dry run and the LR finder need to train a stage.
+
+    `fitted` is the model view `fit` trains: the classifier, its training-mode view
+    (`batchnorm: train`), or the part above the cut when the stage trains on a cache
+    (`lower` computes the cached input). Labels are one-hot when `one_hot` (mixup,
+    label smoothing); `mixer` makes them so per batch and mixes images when asked.
+
+    Example::
+
+        plan = plan_stage(ctx, ctx.config.stage("finetune"))
+        plan.cache.kind, plan.blocks  # -> ('activations', ['block5'])
+        plan.compile(steps=100)
+    """
+
+    stage: StageConfig
+    blocks: list
+    trainable: int
+    cache: CachePlan | None
+    lower: keras.Model | None
+    fitted: keras.Model
+    loss: keras.losses.Loss
+    one_hot: bool
+    k: int
+    jit: bool
+    make_optimizer: Callable[[Any], keras.optimizers.Optimizer]
+    make_augmenter: Callable[[int], Callable | None]
+    mixer: Callable | None
+
+    @property
+    def cached(self) -> str | None:
+        """The cache kind the stage trains on, or None when it trains on images."""
+        return self.cache.kind if self.cache and not self.cache.over else None
+
+    def metrics(self) -> list:
+        """Fresh top-1 and top-k metrics for the stage's form of labels."""
+        if self.one_hot:
+            return [keras.metrics.CategoricalAccuracy(name="top1"),
+                    keras.metrics.TopKCategoricalAccuracy(self.k, name="topk")]
+        return [keras.metrics.SparseCategoricalAccuracy(name="top1"),
+                keras.metrics.SparseTopKCategoricalAccuracy(self.k, name="topk")]
+
+    def compile(self, steps_per_epoch: int) -> None:
+        """Compile `fitted` with the stage's optimizer (schedule over its steps) and loss."""
+        optimizer = self.make_optimizer(make_lr(self.stage, steps_per_epoch))
+        self.fitted.compile(optimizer=optimizer, loss=self.loss, metrics=self.metrics(),
+                            jit_compile=self.jit)
+
+    def labels(self, dataset: tf.data.Dataset, classes: int) -> tf.data.Dataset:
+        """`(x, y)` batches with labels in the form the stage's loss expects."""
+        if not self.one_hot:
+            return dataset
+        return dataset.map(lambda x, y: (x, tf.one_hot(tf.cast(y, tf.int32), classes)))
+
+
+def plan_stage(ctx: Context, stage: StageConfig, strict: bool = True) -> StagePlan:
+    """Decide how `stage` trains: blocks, cache, model view, loss, labels, augmentation.
+
+    Sets the model's trainable flags as the stage trains them. A cache the stage asked
+    for (`cache_features: true`) that is over the budget raises when `strict`.
+
+    Example::
+
+        plan_stage(ctx, ctx.config.stage("finetune")).cache
+        # CachePlan(kind='activations', cut='block4_pool', shape=(14, 14, 512), views=4, ...)
+    """
+    blocks = set_trainable(backbone_of(ctx.model), ctx.spec, stage.unfreeze,
+                           batchnorm=stage.batchnorm)
+    freeze_head_batchnorm(ctx.model, frozen=bool(blocks) and ctx.spec.pretrained
+                          and stage.batchnorm == "frozen")
+    trainable = sum(int(np.prod(w.shape)) for w in ctx.model.trainable_weights)
+    cache, lower, fitted = _plan_cache(ctx, stage, blocks, strict)
+    one_hot = one_hot_labels(stage)
+    return StagePlan(
+        stage=stage, blocks=blocks, trainable=trainable, cache=cache, lower=lower,
+        fitted=fitted, loss=stage_loss(stage), one_hot=one_hot, k=ctx.k,
+        jit=ctx.config.jit,
+        make_optimizer=lambda lr: _optimizer(ctx, fitted, stage, lr),
+        make_augmenter=lambda seed: _augmenter(ctx, stage, seed),
+        mixer=_mixer(ctx, stage))
+
+
+def _plan_cache(ctx: Context, stage: StageConfig, blocks: list, strict: bool):
+    """(cache plan or None, the cached part or None, the model view to fit)."""
+    kind = _use_cache(ctx, stage, blocks)
+    if kind:
+        lower, upper, cut = split_at_blocks(ctx.model, ctx.spec,
+                                            [] if kind == "pooled" else blocks,
+                                            train_batchnorm=stage.batchnorm == "train")
+        shape, views = tuple(lower.output_shape[1:]), stage.feature_views if stage.augment else 1
+        splits = ctx.dataset.splits
+        cache = CachePlan(kind, cut, shape, views,
+                          cache_bytes(shape, len(splits["train"]) * views + len(splits["val"]),
+                                      ctx.config.batch_size),
+                          check_cache_budget(ctx, stage, shape, views, strict))
+        if not cache.over:
+            return cache, lower, upper
+    else:
+        cache = None
+    # The classifier runs a pretrained backbone in inference mode; BatchNorm that trains
+    # needs the backbone called in training mode, in a view sharing every layer.
+    trains_bn = (stage.batchnorm == "train" and ctx.spec.pretrained
+                 and bool(resolve_unfreeze(ctx.spec, stage.unfreeze)))
+    return cache, None, training_view(ctx.model) if trains_bn else ctx.model
+
+
 def run_stage(ctx: Context, stage: StageConfig) -> None:
-    """Freeze/unfreeze blocks, recompile with the stage's optimizer, and fit.
+    """Plan the stage (`plan_stage`), recompile with its optimizer, and fit.
 
     A stage a resumed run finished before (`ctx.done`) is skipped; a stage it was in
     the middle of continues after its last committed epoch.
@@ -67,60 +192,28 @@ def run_stage(ctx: Context, stage: StageConfig) -> None:
                                   {"name": stage.name, "skipped": True, "epochs": 0,
                                    "seconds": 0.0})
         return
-    backbone = backbone_of(ctx.model)
-    blocks = set_trainable(backbone, ctx.spec, stage.unfreeze, batchnorm=stage.batchnorm)
-    freeze_head_batchnorm(ctx.model, frozen=bool(blocks) and ctx.spec.pretrained
-                          and stage.batchnorm == "frozen")
-    cache = _use_cache(ctx, stage, blocks)
-    trainable = sum(int(np.prod(w.shape)) for w in ctx.model.trainable_weights)
+    plan = plan_stage(ctx, stage)
     where = {None: "", "pooled": "; head on cached features",
-             "activations": "; trainable part on cached activations"}[cache]
-    ctx.log(f"stage {stage.name}: {stage.epochs} epochs, {_describe_blocks(blocks, ctx.spec)}, "
-            f"{trainable:,} trainable weights; recompiling with {_describe_optimizer(stage)}"
-            + _describe_augment(ctx, stage) + where)
+             "activations": "; trainable part on cached activations"}[
+        plan.cache.kind if plan.cache else None]
+    ctx.log(f"stage {stage.name}: {stage.epochs} epochs, {describe_blocks(plan.blocks, ctx.spec)}"
+            f", {plan.trainable:,} trainable weights; recompiling with "
+            f"{describe_optimizer(stage)}" + _describe_augment(ctx, stage) + where)
+    if plan.cache and plan.cache.over:
+        ctx.log(f"  {plan.cache.over}: training on images instead")
     for cb in ctx.callbacks:
         cb.stage = stage.name
     started, ctx.resumed_seconds = time.time(), 0.0
-    if cache:
-        fitted = _fit_on_features(ctx, stage, [] if cache == "pooled" else blocks)
-    else:
-        fitted = _fit_on_images(ctx, stage)
+    fitted = _fit_on_features(ctx, plan) if plan.cached else _fit_on_images(ctx, plan)
     seconds = ctx.resumed_seconds + time.time() - started
-    _record_stage(ctx, stage, blocks, cache, fitted.optimizer, seconds)
-
-
-def stage_plan(ctx: Context, stage: StageConfig, strict: bool = True) -> dict:
-    """What `run_stage` will do: trainable blocks and weights, and the cache it builds.
-
-    Sets the model's trainable flags as the stage will (`run_stage` sets them again).
-    A requested cache over the budget raises (see `check_cache_budget`) when `strict`.
-
-    Example::
-
-        stage_plan(ctx, ctx.config.stage("finetune"))["cache"]
-        # {'kind': 'activations', 'cut': 'block4_pool', 'views': 4, 'bytes': 12.4e9, ...}
-    """
-    blocks = set_trainable(backbone_of(ctx.model), ctx.spec, stage.unfreeze)
-    freeze_head_batchnorm(ctx.model, frozen=bool(blocks) and ctx.spec.pretrained)
-    trainable = sum(int(np.prod(w.shape)) for w in ctx.model.trainable_weights)
-    plan = {"blocks": blocks, "trainable": trainable, "cache": None}
-    kind = _use_cache(ctx, stage, blocks)
-    if kind:
-        lower, _, cut = split_at_blocks(ctx.model, ctx.spec, [] if kind == "pooled" else blocks)
-        shape, views = tuple(lower.output_shape[1:]), stage.feature_views if stage.augment else 1
-        splits = ctx.dataset.splits
-        plan["cache"] = {"kind": kind, "cut": cut, "shape": shape, "views": views,
-                         "bytes": cache_bytes(shape, len(splits["train"]) * views
-                                              + len(splits["val"]), ctx.config.batch_size),
-                         "over": check_cache_budget(ctx, stage, shape, views, strict)}
-    return plan
+    _record_stage(ctx, stage, plan.blocks, plan.cached, fitted.optimizer, seconds)
 
 
 def check_stages(ctx: Context) -> None:
     """Fail before any training when a stage's requested cache cannot fit the budget."""
     for stage in ctx.config.stages:
         if stage.name not in ctx.done and stage.epochs:
-            stage_plan(ctx, stage)
+            plan_stage(ctx, stage)
 
 
 def freeze_head_batchnorm(model: keras.Model, frozen: bool) -> None:
@@ -168,7 +261,8 @@ def _record_stage(ctx, stage, blocks, cached, optimizer, seconds) -> None:
     checkpoint.complete_stage(ctx.run, stage.name, ctx.model, ctx.trackers, entry)
 
 
-def _describe_blocks(blocks, spec) -> str:
+def describe_blocks(blocks, spec) -> str:
+    """Which part of the backbone trains, in words."""
     if not spec.pretrained:
         return "training from scratch"
     if not blocks:
@@ -178,7 +272,8 @@ def _describe_blocks(blocks, spec) -> str:
     return f"trainable blocks {', '.join(blocks)}"
 
 
-def _describe_optimizer(stage: StageConfig) -> str:
+def describe_optimizer(stage: StageConfig) -> str:
+    """The stage's optimizer, schedule and loss settings, as its log line shows them."""
     text = f"{stage.optimizer} lr={stage.lr:g}"
     if stage.optimizer in ("sgd", "rmsprop"):
         text += f" momentum={stage.momentum:g}"
@@ -216,13 +311,13 @@ def _describe_augment(ctx: Context, stage: StageConfig) -> str:
     return "" if policy == "affine" else "; no augmentation"
 
 
-def stage_optimizer(ctx: Context, model: keras.Model, stage: StageConfig,
-                   steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """The stage's optimizer: its schedule, and per-block rates when it asks for them."""
+def _optimizer(ctx: Context, fitted: keras.Model, stage: StageConfig,
+               learning_rate) -> keras.optimizers.Optimizer:
+    """The stage's optimizer at `learning_rate` (a float or a schedule), with per-block
+    rates when the stage asks for them."""
     base = backbone_of(ctx.model)
     groups = block_layers(base, ctx.spec) if stage.block_lr_decay is not None else None
-    lr = make_lr(stage, steps_per_epoch)
-    return discriminative.make_optimizer(stage, model, lr, groups, base)
+    return discriminative.make_optimizer(stage, fitted, learning_rate, groups, base)
 
 
 def one_hot_labels(stage: StageConfig) -> bool:
@@ -243,20 +338,6 @@ def stage_loss(stage: StageConfig) -> keras.losses.Loss:
     return keras.losses.SparseCategoricalCrossentropy()
 
 
-def _compile(ctx: Context, model: keras.Model, stage: StageConfig, steps: int) -> None:
-    loss = stage_loss(stage)
-    if one_hot_labels(stage):
-        metrics = [
-            keras.metrics.CategoricalAccuracy(name="top1"),
-            keras.metrics.TopKCategoricalAccuracy(ctx.k, name="topk")]
-    else:
-        metrics = [
-            keras.metrics.SparseCategoricalAccuracy(name="top1"),
-            keras.metrics.SparseTopKCategoricalAccuracy(ctx.k, name="topk")]
-    model.compile(optimizer=stage_optimizer(ctx, model, stage, steps), loss=loss,
-                  metrics=metrics, jit_compile=ctx.config.jit)
-
-
 def _mixer(ctx: Context, stage: StageConfig):
     """The stage's mixup as `(images, labels, seed) -> (images, one-hot labels)`, the
     one-hot labels alone for label smoothing, or None."""
@@ -268,14 +349,6 @@ def _mixer(ctx: Context, stage: StageConfig):
     from tltk.data.mixup import mix_batch
 
     return lambda x, y, seed: mix_batch(tf.cast(x, tf.float32), y, classes, alpha, seed)
-
-
-def _validation(ctx: Context, stage: StageConfig, val_ds: tf.data.Dataset) -> tf.data.Dataset:
-    """Validation batches with labels in the form the stage's loss expects."""
-    if not one_hot_labels(stage):
-        return val_ds
-    classes = ctx.dataset.num_classes
-    return val_ds.map(lambda x, y: (x, tf.one_hot(tf.cast(y, tf.int32), classes)))
 
 
 def class_weights(ctx: Context) -> dict | None:
@@ -309,13 +382,15 @@ def progress_bar(stream=None) -> int:
     return 1 if getattr(stream, "isatty", lambda: False)() else 0
 
 
-def _fit(ctx: Context, stage: StageConfig, fitted: keras.Model, steps: int, make_train,
-         val_ds, frozen: str | None = None) -> keras.Model:
-    """Compile `fitted`, continue after the stage's last committed epoch, fit the rest.
+def _fit(ctx: Context, plan: StagePlan, steps: int, make_train, val_ds,
+         frozen: str | None = None) -> keras.Model:
+    """Compile the plan's model, continue after the stage's last committed epoch, fit
+    the rest.
 
     `make_train(first)` returns the training batches of epochs `first`.. of the stage.
     """
-    _compile(ctx, fitted, stage, steps)
+    stage, fitted = plan.stage, plan.fitted
+    plan.compile(steps)
     trackers = ctx.trackers
     state = checkpoint.restore_epoch(ctx.run, stage.name, fitted, ctx.model, trackers, frozen)
     first = state["epochs_done"] if state else 0
@@ -333,7 +408,8 @@ def _fit(ctx: Context, stage: StageConfig, fitted: keras.Model, steps: int, make
     raw = RawWeights() if stage.ema is not None else None
     trackers.saver.deferred = True  # best.keras follows the epoch's commit
     try:
-        fitted.fit(make_train(first), validation_data=_validation(ctx, stage, val_ds),
+        fitted.fit(make_train(first),
+                   validation_data=plan.labels(val_ds, ctx.dataset.num_classes),
                    epochs=stage.epochs,
                    initial_epoch=first, steps_per_epoch=steps, verbose=progress_bar(),
                    shuffle=False,
@@ -365,16 +441,42 @@ def _keep_ema(ctx: Context, fitted: keras.Model, raw: list | None) -> None:
         variable.assign(value)
 
 
-def _fit_on_images(ctx: Context, stage: StageConfig) -> keras.Model:
+def _fit_on_images(ctx: Context, plan: StagePlan) -> keras.Model:
     cfg = ctx.config
-    train = ctx.dataset.splits["train"]
-    steps = math.ceil(len(train) / cfg.batch_size)
-    fits = cfg.data.cache_images and images_fit_in_memory(len(train), ctx.image_size)
-    augment = _augmenter(ctx, stage, cfg.seed) or (lambda x, _: tf.cast(x, tf.float32))
+    make_train, steps = training_images(ctx, plan)
     val_ds = make_pipeline(ctx.dataset.splits["val"], ctx.image_size, cfg.batch_size,
                            training=False, seed=cfg.seed, resize_policy=cfg.data.resize,
-                           cache=fits)
-    if fits:
+                           cache=_images_in_memory(ctx))
+    return _fit(ctx, plan, steps, make_train, val_ds)
+
+
+def _images_in_memory(ctx: Context) -> bool:
+    cfg = ctx.config
+    return cfg.data.cache_images and images_fit_in_memory(len(ctx.dataset.splits["train"]),
+                                                          ctx.image_size)
+
+
+def training_images(ctx: Context, plan: StagePlan, through: keras.Model | None = None,
+                    in_memory: bool | None = None):
+    """`(make_train, steps per epoch)`: the stage's seeded, augmented, mixed training
+    batches on images; `make_train(first)` streams epochs `first`.. of the stage.
+
+    `through` (e.g. the plan's `lower`) runs on each augmented batch before mixing, so a
+    cached plan can be fed on the fly (the LR finder). `in_memory` None decodes the
+    split into memory when it fits (`data.cache_images`).
+
+    Example::
+
+        make_train, steps = training_images(ctx, plan_stage(ctx, stage))
+        x, y = next(iter(make_train(0)))
+    """
+    cfg, stage = ctx.config, plan.stage
+    train = ctx.dataset.splits["train"]
+    warp = plan.make_augmenter(cfg.seed) or (lambda x, _: tf.cast(x, tf.float32))
+
+    def augment(x, seed):
+        return warp(x, seed) if through is None else through(warp(x, seed), training=False)
+    if _images_in_memory(ctx) if in_memory is None else in_memory:
         # Decoded and resized once into one uint8 array; every epoch shuffles indices
         # with its own seed and gathers whole batches from it (no shuffle buffer of images).
         images = decode_split(train, ctx.image_size, cfg.batch_size, cfg.data.resize)
@@ -390,15 +492,10 @@ def _fit_on_images(ctx: Context, stage: StageConfig) -> keras.Model:
 
     def make_train(first: int) -> tf.data.Dataset:
         return streams.epoch_stream(examples, len(train), cfg.batch_size, cfg.seed, first,
-                                   stage.epochs, min(len(train), SHUFFLE_BUFFER), augment,
-                                   _mixer(ctx, stage), gather=gather)
+                                   max(stage.epochs, 1), min(len(train), SHUFFLE_BUFFER),
+                                   augment, plan.mixer, gather=gather)
 
-    # The classifier runs a pretrained backbone in inference mode; BatchNorm that trains
-    # needs the backbone called in training mode, in a view sharing every layer.
-    trains_bn = (stage.batchnorm == "train" and ctx.spec.pretrained
-                 and bool(resolve_unfreeze(ctx.spec, stage.unfreeze)))
-    fitted = training_view(ctx.model) if trains_bn else ctx.model
-    return _fit(ctx, stage, fitted, steps, make_train, val_ds)
+    return make_train, math.ceil(len(train) / cfg.batch_size)
 
 
 def check_cache_budget(ctx: Context, stage: StageConfig, shape: tuple, views: int,
@@ -434,23 +531,17 @@ def _size(nbytes: float) -> str:
     return f"{nbytes / 1e9:.2f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.1f} MB"
 
 
-def _fit_on_features(ctx: Context, stage: StageConfig, blocks: list[str]) -> keras.Model:
+def _fit_on_features(ctx: Context, plan: StagePlan) -> keras.Model:
     """Fit the part above the frozen cut on cached features of K augmented views.
 
     The caches stay memory-mapped on disk: training shuffles indices and gathers each
     batch from them, so no second copy of the features is made.
     """
-    cfg = ctx.config
-    lower, upper, cut = split_at_blocks(ctx.model, ctx.spec, blocks,
-                                        train_batchnorm=stage.batchnorm == "train")
-    views = stage.feature_views if stage.augment else 1
-    over = check_cache_budget(ctx, stage, lower.output_shape[1:], views)
-    if over:
-        ctx.log(f"  {over}: training on images instead")
-        return _fit_on_images(ctx, stage)
+    cfg, stage, lower = ctx.config, plan.stage, plan.lower
+    cut, views = plan.cache.cut, plan.cache.views
     frozen = weights_checksum(lower)
-    train = _features(ctx, stage, lower, cut, frozen, "train", views)
-    val = _features(ctx, stage, lower, cut, frozen, "val", 1)[0]
+    train = _features(ctx, plan, cut, frozen, "train", views)
+    val = _features(ctx, plan, cut, frozen, "val", 1)[0]
     n = train.shape[1]
     labels = ctx.dataset.splits["train"].labels
     steps = math.ceil(n / cfg.batch_size)
@@ -464,14 +555,14 @@ def _fit_on_features(ctx: Context, stage: StageConfig, blocks: list[str]) -> ker
         # Every epoch draws n samples from all views, so an epoch means the same as on images.
         return streams.epoch_stream(tf.data.Dataset.range(n * views), n, cfg.batch_size,
                                    cfg.seed, first, stage.epochs, n * views,
-                                   mix=_mixer(ctx, stage), gather=gather)
+                                   mix=plan.mixer, gather=gather)
 
-    return _fit(ctx, stage, upper, steps, make_train, val_ds, frozen)
+    return _fit(ctx, plan, steps, make_train, val_ds, frozen)
 
 
-def _features(ctx: Context, stage: StageConfig, lower: keras.Model, cut: str, checksum: str,
-              split: str, views: int) -> np.ndarray:
-    cfg = ctx.config
+def _features(ctx: Context, plan: StagePlan, cut: str, checksum: str, split: str,
+              views: int) -> np.ndarray:
+    cfg, lower = ctx.config, plan.lower
     # "draws" marks per-batch seeded augmentation: caches of older versions differ.
     key = {"backbone": cache_name(ctx.spec), "cut": cut, "weights": checksum,
            "image_size": ctx.image_size, "preprocess": ctx.spec.preprocess,
@@ -485,7 +576,7 @@ def _features(ctx: Context, stage: StageConfig, lower: keras.Model, cut: str, ch
         ds = make_pipeline(ctx.dataset.splits[split], ctx.image_size, cfg.batch_size,
                            training=False, seed=cfg.seed, resize_policy=cfg.data.resize,
                            cache=False)
-        augment = _augmenter(ctx, stage, cfg.seed + view) if view else None
+        augment = plan.make_augmenter(cfg.seed + view) if view else None
         if augment is None:
             return ds.map(lambda x, y: x)
         view_seed = streams.epoch_seed(cfg.seed, view)

@@ -208,50 +208,44 @@ def lr_find_config(config, stage: str | None = None, steps: int = 100, start_lr:
                    say=print) -> LRFinderResult:
     """Range-test one stage of a run config, on the model `tltk train` would build.
 
-    The stage (default: the first) sets which blocks are trainable, the optimizer (with
-    its momentum and per-block multipliers; the rate found is the top block's) and
-    whether training images are augmented. Writes `lr_find.csv` and `lr_find.png`
-    into `out` when given.
+    The stage (default: the first) is planned as `tltk train` plans it
+    (`tltk.engine.plan_stage`): its trainable blocks, model view, loss and labels (label
+    smoothing, mixup), augmentation and optimizer (momentum, per-block multipliers; the
+    rate found is the top block's). A stage that trains on a cache is fed the cut's
+    output computed on the fly. Writes `lr_find.csv` and `lr_find.png` into `out` when
+    given.
 
     Example::
 
         result = lr_find_config(recipes.folder.config().override(
             {"data.path": "photos/"}), stage="finetune", out="runs/lr")
     """
+    from tltk.engine.run import prepare
+    from tltk.engine.runtime import precision_policy
     from tltk.models.backbones import config_backbone
 
     _check_range(start_lr, end_lr, steps)
     chosen = config.stage(stage) if stage else _first_stage(config)
     spec = config_backbone(config)
-    size = config.data.image_size or spec.default_size
     keras.utils.set_random_seed(config.seed)
-    from tltk.engine.runtime import precision_policy
-
     with precision_policy(config.precision):
-        return _lr_find(config, chosen, spec, size, steps, start_lr, end_lr, out, say)
+        ctx = prepare(config, spec, say=lambda _: None, dry_run=True)
+        return _lr_find(ctx, ctx.config.stage(chosen.name), steps, start_lr, end_lr, out, say)
 
 
-def _lr_find(config, chosen, spec, size, steps, start_lr, end_lr, out, say) -> LRFinderResult:
-    from tltk import data as tltk_data
-    from tltk.data.core import make_pipeline
-    from tltk.models.backbones import block_layers, build_backbone, set_trainable
-    from tltk.models.heads import build_classifier
-    from tltk.optim.discriminative import make_optimizer
+def _lr_find(ctx, chosen, steps, start_lr, end_lr, out, say) -> LRFinderResult:
+    from tltk.engine.stage import plan_stage, training_images
 
-    backbone = build_backbone(spec, config.weights if spec.pretrained else "none", size)
-    dataset = tltk_data.load(config.data, seed=config.seed)
-    model = build_classifier(backbone, spec, dataset.num_classes, config.head)
-    blocks = set_trainable(backbone, spec, chosen.unfreeze)
-    groups = block_layers(backbone, spec) if chosen.block_lr_decay is not None else None
-    optimizer = make_optimizer(chosen, model, float(start_lr), groups, backbone)
-    train_ds = make_pipeline(dataset.splits["train"], size, config.batch_size, training=True,
-                             seed=config.seed, augment=_augmenter(config, chosen),
-                             resize_policy=config.data.resize, cache=False)
+    plan = plan_stage(ctx, chosen, strict=False)
+    make_train, _ = training_images(ctx, plan, through=plan.lower if plan.cached else None,
+                                    in_memory=False)
+    train = ctx.dataset.splits["train"]
     say(f"lr-find: stage {chosen.name} ({chosen.optimizer}, "
-        f"{len(blocks)} trainable blocks) on {spec.name} at {size}px, {dataset.name} "
-        f"train {len(dataset.splits['train'])} images; {steps} steps "
+        f"{len(plan.blocks)} trainable blocks) on {ctx.spec.name} at {ctx.image_size}px, "
+        f"{ctx.dataset.name} train {len(train)} images; {steps} steps "
         f"{start_lr:g}..{end_lr:g}")
-    result = find_lr(model, train_ds, start_lr, end_lr, steps, optimizer=optimizer)
+    result = find_lr(plan.fitted, make_train(0), start_lr, end_lr, steps,
+                     optimizer=plan.make_optimizer(float(start_lr)), loss=plan.loss)
     if out is not None:
         csv, png = write_lr_find(result, out)
         say(f"wrote {csv} and {png}")
@@ -262,11 +256,3 @@ def _first_stage(config):
     if not config.stages:
         raise TltkError("--stage: the config has no stages; add one or pass --config")
     return config.stages[0]
-
-
-def _augmenter(config, stage):
-    if not stage.augment:
-        return None
-    from tltk.data.augment import RandomAffine
-
-    return RandomAffine(**vars(config.augment), seed=config.seed)

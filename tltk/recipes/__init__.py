@@ -1,30 +1,67 @@
-"""Recipes: importable modules that declare a run's data, head, augmentation and
-stages as data, each exposing `config()` and `run(**overrides)`.
+"""Recipes: modules that declare a run's data, head, augmentation and stages as data.
+
+Each recipe module registers its `config()` under the name users type, as keras-hub
+model folders register their presets and timm's `@register_model` does:
+
+    @RECIPES.register("flowers")
+    def config() -> RunConfig:
+        ...  # docstring: "tf_flowers 70/15/15, VGG19, folder's stages, top-2"
+
+The first line of the function's docstring is the recipe's summary (`tltk recipes`). Every
+module of this package is imported below, so a new recipe joins the registry, the
+CLI, and the test matrix (tests/test_matrix.py) by being a module here.
+`run(name, **overrides)` trains any of them.
 
 Example::
 
-    from tltk.recipes import flowers
-    result = flowers.run(backbone="mobilenetv2", data={"path": "photos/"})
+    from tltk.recipes import run
+    result = run("flowers", backbone="mobilenetv2", data={"path": "photos/"})
     result.metrics
 """
 
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
+import inspect
+import pkgutil
+from collections.abc import Callable
 
 from tltk.errors import TltkError
 from tltk.registry import Registry
 
-# Module names under `recipes`, keyed by the name users type (`tltk train NAME`).
-RECIPES = Registry("RECIPE", {
-    **{name: name for name in ("demo", "folder", "flowers", "dogs", "baseline")},
-    "flowers-thesis": "flowers_thesis", "dogs-thesis": "dogs_thesis"})
+# Recipe name (`tltk train NAME`) -> its `config()`; filled as the modules import.
+RECIPES = Registry("RECIPE")
 
 
-def get_recipe(name: str) -> ModuleType:
-    """The recipe module registered as `name`; a one-line error suggests close names."""
-    return importlib.import_module(f"tltk.recipes.{RECIPES.get(name)}")
+def get_recipe(name: str) -> Callable:
+    """The `config` function registered as `name`; a one-line error suggests close names.
+
+    Example:
+        >>> get_recipe("demo")().recipe
+        'demo'
+    """
+    return RECIPES.get(name)
+
+
+def summary(name: str) -> str:
+    """The recipe's one-line summary: the first line of its `config` docstring."""
+    return inspect.getdoc(get_recipe(name)).splitlines()[0]
+
+
+def run(name: str, base=None, **overrides):
+    """Train recipe `name` (or `base`, a config built from it) with keyword overrides.
+
+    Nested dicts address sub-configs (`data={"path": "x"}`); `epochs_head` and
+    `epochs_finetune` set the epochs of the first and of every later stage. Returns a
+    `tltk.engine.RunResult`.
+
+    Example::
+
+        run("demo", epochs_finetune=1, out="runs/demo")
+    """
+    from tltk.engine import train
+
+    return train(run_config(base or get_recipe(name)(), dict(overrides)))
 
 
 def expand_overrides(overrides: dict) -> dict:
@@ -66,7 +103,7 @@ def base_config(recipe: str | None, config_file: str | None = None):
         return RunConfig.load(config_file)
     if recipe is None:
         raise TltkError("RECIPE: missing; give a recipe (see `tltk recipes`) or --config FILE")
-    return get_recipe(recipe).config()
+    return get_recipe(recipe)()
 
 
 def configure(base, overrides: dict | None = None, sets=(), epochs_head=None,
@@ -105,14 +142,12 @@ def run_config(base, overrides: dict):
     return set_stage_epochs(base.override(expand_overrides(overrides)), head, finetune)
 
 
-def train_recipe(base, overrides: dict):
-    """Train `base` with `run(**overrides)` applied; returns a `tltk.engine.RunResult`."""
-    from tltk.engine import train
-
-    return train(run_config(base, dict(overrides)))
-
-
 def recipe_table() -> str:
     """One line per recipe, for `tltk recipes`."""
     width = max(map(len, RECIPES)) + 2
-    return "\n".join(f"{name:<{width}}{get_recipe(name).SUMMARY}" for name in RECIPES)
+    return "\n".join(f"{name:<{width}}{summary(name)}" for name in RECIPES)
+
+
+# Importing each module registers its recipe (the modules import this one: keep last).
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig
-from tltk.recipes import run_config
+from tltk.recipes import RECIPES, run_config
 
-SUMMARY = "from-scratch 5-conv CNN, trained with and without augmentation (Table 3 grid)"
 VARIANTS = {"augmented": True, "plain": False}
 
 
@@ -37,7 +36,9 @@ class BaselineResult:
     grid: pd.DataFrame
 
 
+@RECIPES.register("baseline")
 def config() -> RunConfig:
+    """from-scratch 5-conv CNN, trained with and without augmentation (Table 3 grid)"""
     return RunConfig(
         recipe="baseline", backbone="scratch", weights="none",
         data=DataConfig(dataset="flowers", val_fraction=0.3, test_fraction=0.0,

@@ -9,17 +9,17 @@ For transfer learning on your own photos, see `recipes.folder`.
 
 Example::
 
-    from tltk.recipes import demo
-    result = demo.run(epochs_finetune=1)
+    from tltk.recipes import run
+    result = run("demo", epochs_finetune=1)
 """
 
 from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig
-from tltk.recipes import train_recipe
-
-SUMMARY = "offline quick start: 6 procedurally drawn shape classes, scratch CNN at 64 px"
+from tltk.recipes import RECIPES
 
 
+@RECIPES.register("demo")
 def config() -> RunConfig:
+    """offline quick start: 6 procedurally drawn shape classes, scratch CNN at 64 px"""
     return RunConfig(
         recipe="demo", backbone="scratch", weights="none",
         data=DataConfig(dataset="demo", image_size=64),
@@ -29,8 +29,3 @@ def config() -> RunConfig:
             StageConfig("anneal", epochs=3, optimizer="sgd", lr=1e-3, momentum=0.9,
                         unfreeze="all"),
         ])
-
-
-def run(base: RunConfig | None = None, **overrides):
-    """Train this recipe (or `base`, a config built from it) with keyword overrides."""
-    return train_recipe(base or config(), overrides)

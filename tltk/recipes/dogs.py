@@ -15,39 +15,31 @@ never change) and, on 14,580 training images, what makes fine-tuning affordable 
 CPU. `--set stages.finetune.cache_features=false` trains on freshly augmented images
 every epoch instead.
 
-Why (B6, EfficientNet-Lite0 and the dog-tuned MobileNetV2 on flowers-128, 160 px, 2
-cores): the thesis's SGD with momentum 0.9 on the top block added 1.1 points to its head
-on the Lite0 and nothing on the MobileNetV2. Adam 1e-4 on the Lite0's cached top block
-added 4.2 (77.8 % val) at 3 s an epoch, against 50 s for the whole network (one-cycle:
-77.0-79.3 %); the top two blocks reached 78.0 % at 6.5 s an epoch, with twice the cache.
-The thesis's own protocol (two 256-unit layers, SGD) is the `dogs-thesis` recipe, with
-its figures.
+Why: on the cached top block Adam 1e-4 gained the most per CPU second of the settings
+measured (evidence: `benchmarks/results/b6_variants.json` and `recipe_history.md`).
+The thesis's own protocol is the `dogs-thesis` recipe, with its figures.
 
 Example::
 
-    from tltk.recipes import dogs
-    result = dogs.run(backbone="resnet50", data={"path": "~/tensorflow_datasets"})
+    from tltk.recipes import run
+    result = run("dogs", backbone="resnet50", data={"path": "~/tensorflow_datasets"})
 """
 
 from tltk.config import RunConfig
-from tltk.recipes import folder, train_recipe
+from tltk.recipes import RECIPES, folder
 
 # Augmented views per training image in the fine-tuning cache: 20 epochs then see each
 # view five times; the cache (VGG19 block4_pool, float16) takes about 12 GB.
 FEATURE_VIEWS = 4
 
-SUMMARY = "Stanford Dogs 30/20 per class, VGG19, top block cached at Adam 1e-4, val/test/v2"
 
 
+@RECIPES.register("dogs")
 def config() -> RunConfig:
+    """Stanford Dogs 30/20 per class, VGG19, top block cached at Adam 1e-4, val/test/v2"""
     return folder.config().override({
         "recipe": "dogs", "backbone": "vgg19", "data.dataset": "dogs",
         "stages.finetune.epochs": 20, "stages.finetune.unfreeze": 1,
         "stages.finetune.lr": 1e-4, "stages.finetune.schedule": "constant",
         "stages.finetune.cache_features": True,
         "stages.finetune.feature_views": FEATURE_VIEWS})
-
-
-def run(base: RunConfig | None = None, **overrides):
-    """Train this recipe (or `base`, a config built from it) with keyword overrides."""
-    return train_recipe(base or config(), overrides)

@@ -20,18 +20,18 @@ Thesis figures it reproduces (VGG19, top-1 validation / test / ImageNetV2):
 
 Example::
 
-    from tltk.recipes import dogs_thesis
-    result = dogs_thesis.run(backbone="resnet50", data={"path": "~/tensorflow_datasets"})
+    from tltk.recipes import run
+    result = run("dogs-thesis", backbone="resnet50", data={"path": "~/tensorflow_datasets"})
 """
 
 from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig
-from tltk.recipes import train_recipe
+from tltk.recipes import RECIPES
 from tltk.recipes.dogs import FEATURE_VIEWS  # the same fine-tuning cache as `dogs`
 
-SUMMARY = "thesis Stanford Dogs protocol: 30/20 per class, VGG19, 2x256 head, val/test/v2"
 
-
+@RECIPES.register("dogs-thesis")
 def config() -> RunConfig:
+    """thesis Stanford Dogs protocol: 30/20 per class, VGG19, 2x256 head, val/test/v2"""
     return RunConfig(
         recipe="dogs-thesis", backbone="vgg19", weights="imagenet",
         data=DataConfig(dataset="dogs"),
@@ -41,8 +41,3 @@ def config() -> RunConfig:
             StageConfig("finetune", epochs=20, optimizer="sgd", lr=1e-4, momentum=0.9,
                         unfreeze=1, cache_features=True, feature_views=FEATURE_VIEWS),
         ])
-
-
-def run(base: RunConfig | None = None, **overrides):
-    """Train this recipe (or `base`, a config built from it) with keyword overrides."""
-    return train_recipe(base or config(), overrides)

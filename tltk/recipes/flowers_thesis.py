@@ -15,18 +15,18 @@ same protocol with `dataset="folder"`:
 
 Example::
 
-    from tltk.recipes import flowers_thesis
-    flowers_thesis.run(data={"dataset": "folder", "path": "../shared/data/flowers-128"},
-                       backbone="mobilenetv2", weights="mnv2.weights.h5")
+    from tltk.recipes import run
+    run("flowers-thesis", data={"dataset": "folder", "path": "../shared/data/flowers-128"},
+        backbone="mobilenetv2", weights="mnv2.weights.h5")
 """
 
 from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig
-from tltk.recipes import train_recipe
-
-SUMMARY = "thesis flower protocol: tf_flowers 70/30, VGG19, SGD 0.004 -> 0.001, top-2"
+from tltk.recipes import RECIPES
 
 
+@RECIPES.register("flowers-thesis")
 def config() -> RunConfig:
+    """thesis flower protocol: tf_flowers 70/30, VGG19, SGD 0.004 -> 0.001, top-2"""
     return RunConfig(
         recipe="flowers-thesis", backbone="vgg19", weights="imagenet",
         data=DataConfig(dataset="flowers", val_fraction=0.3, test_fraction=0.0),
@@ -36,8 +36,3 @@ def config() -> RunConfig:
             StageConfig("finetune", epochs=40, optimizer="sgd", lr=0.004, momentum=0.9,
                         lr_steps=[[25, 0.001]], unfreeze=1),
         ])
-
-
-def run(base: RunConfig | None = None, **overrides):
-    """Train this recipe (or `base`, a config built from it) with keyword overrides."""
-    return train_recipe(base or config(), overrides)
