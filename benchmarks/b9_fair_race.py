@@ -237,7 +237,7 @@ def _run_tltk(rung, seed, settings, data, folder: Path, started: float) -> dict:
     tree, run = link_tree(data, folder / "data"), folder / "run"
     command = [sys.executable, "-m", "tltk.cli", "train", "folder", "--budget",
                f"{rung.budget_s:g}s", "--backbone", settings.backbone, "--data", str(tree),
-               "--out", str(run), "--seed", str(seed), "--cache-dir", str(folder / "cache")]
+               "--out", str(run), "--seed", str(seed), "--set", f"cache_dir={folder / 'cache'}"]
     if settings.image_size:
         command += ["--image-size", str(settings.image_size)]
     _call(command, folder, env={"TLTK_CACHE": str(folder / "scan")})
