@@ -6,11 +6,14 @@ At every candidate size of the planner (`tltk.engine.budget.SIZES`):
 
 - costs, timed with the dry run's own timing (`tltk.engine.dryrun`, median of 3
   batches of 32 after a warm-up): the frozen backbone's forward pass per image (the
-  pooled-feature extraction), the classifier's forward pass (validation, evaluation),
-  a whole-network training step on images, the top block's cut and its training step
-  on cached activations, a head step on cached features, the first (tracing) call of
-  each training step, and one save of the classifier. The planner reads them as ratios
-  to the forward pass, so a faster or slower machine scales them all;
+  pooled-feature extraction) and its first, tracing call; the classifier's forward
+  pass (validation, evaluation); a whole-network training step on images, the top
+  block's cut and its training step on cached activations and a head step on cached
+  features (timed inside `fit`), the first (tracing) call of each, an epoch's own
+  overhead in `fit`, and one save. The planner reads per-image costs as ratios to the
+  forward pass and fixed ones (traces, epoch overhead) as ratios to the forward pass's
+  tracing call, both timed again on the user's machine, so a faster or slower machine,
+  or a smaller model, scales them;
 - the head stage's accuracy: `tltk train folder --epochs-finetune 0` at that size, best
   validation top-1 (a probe of how much the size gives the frozen features).
 
@@ -62,10 +65,14 @@ def costs(config, size: int) -> dict:
     batches = _batches(ctx, "train", TIMED)
     per_image, classes = 1 / config.batch_size, ctx.dataset.num_classes
     head = plan_stage(ctx, ctx.config.stages[0])
-    out = {"forward": _seconds_per_call(lambda b: head.lower.predict_on_batch(b[0]), batches),
+    started = time.perf_counter()
+    head.lower.predict_on_batch(batches[0][0])
+    out = {"trace_predict": time.perf_counter() - started,
+           "forward": _seconds_per_call(lambda b: head.lower.predict_on_batch(b[0]), batches),
            "classifier": _seconds_per_call(lambda b: ctx.model.predict_on_batch(b[0]), batches)}
     features = [(head.lower.predict_on_batch(x), y) for x, y in batches]
     out["head_step"], out["trace_head"] = _step(head, features, classes)
+    out["epoch_overhead"] = _epoch_overhead(head, features, classes)
     whole = plan_stage(ctx, StageConfig("whole", **budget.WHOLE_STAGE))
     images = [(keras.ops.cast(x, "float32"), y) for x, y in batches]
     out["whole_step"], out["trace_whole"] = _step(whole, images, classes)
@@ -77,7 +84,8 @@ def costs(config, size: int) -> dict:
         started = time.perf_counter()
         save_model(ctx.model, Path(tmp) / "m.keras")
         out["save"] = time.perf_counter() - started
-    traces = ("trace_head", "trace_whole", "trace_top", "save")
+    traces = ("trace_predict", "trace_head", "trace_whole", "trace_top", "save",
+              "epoch_overhead")
     return {k: round(v if k in traces else v * per_image, 6) for k, v in out.items()}
 
 
@@ -87,8 +95,7 @@ def _step(plan, batches, classes: int) -> tuple[float, float]:
     Timed through `fit` over the batches repeated STEP_REPEATS times, not
     `train_on_batch`, whose per-call overhead dwarfs a head step on cached features.
     """
-    if plan.one_hot:  # label smoothing takes one-hot labels
-        batches = [(x, keras.ops.one_hot(keras.ops.cast(y, "int32"), classes)) for x, y in batches]
+    batches = _labelled(plan, batches, classes)  # label smoothing takes one-hot labels
     xs = keras.ops.concatenate([x for x, _ in batches] * STEP_REPEATS)
     ys = keras.ops.concatenate([y for _, y in batches] * STEP_REPEATS)
     size = int(batches[0][0].shape[0])
@@ -99,6 +106,23 @@ def _step(plan, batches, classes: int) -> tuple[float, float]:
     started = time.perf_counter()
     plan.fitted.fit(xs, ys, batch_size=size, epochs=1, verbose=0, shuffle=False)
     return (time.perf_counter() - started) / (len(batches) * STEP_REPEATS), first
+
+
+def _epoch_overhead(plan, batches, classes: int) -> float:
+    """Seconds an epoch of `fit` costs beyond its steps: five one-step epochs with
+    validation, after a warm-up fit, less five steps."""
+    x, y = _labelled(plan, batches, classes)[0]
+    step, _ = _step(plan, batches, classes)
+    plan.fitted.fit(x, y, validation_data=(x, y), epochs=1, verbose=0)
+    started = time.perf_counter()
+    plan.fitted.fit(x, y, validation_data=(x, y), epochs=5, verbose=0)
+    return max(0.0, (time.perf_counter() - started) / 5 - step)
+
+
+def _labelled(plan, batches, classes: int) -> list:
+    if not plan.one_hot:
+        return batches
+    return [(x, keras.ops.one_hot(keras.ops.cast(y, "int32"), classes)) for x, y in batches]
 
 
 def head_probe(config, size: int, tree: Path, work: Path) -> dict:
@@ -149,10 +173,11 @@ def derived(by_size: dict) -> dict:
     else:
         exponent = None
     ref = sizes[len(sizes) // 2]
+    fixed = ("trace_head", "trace_whole", "trace_top", "epoch_overhead")
     return {"ratio_to_forward": ratio, "side_exponent": exponent, "reference_size": ref,
-            "forward_at_reference": by_size[ref]["costs"]["forward"],
-            "traces_at_reference": {k: by_size[ref]["costs"][k]
-                                    for k in ("trace_head", "trace_whole", "trace_top", "save")},
+            "ratio_to_trace": {k: round(statistics.median(
+                by_size[s]["costs"][k] / by_size[s]["costs"]["trace_predict"] for s in sizes), 3)
+                for k in fixed},
             "head_val_top1": {s: by_size[s]["head"]["val_top1"] for s in sizes}}
 
 

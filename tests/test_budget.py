@@ -27,8 +27,8 @@ from tltk.recipes import base_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # Lite0-like costs on flowers-128's 70/15/15 split: 10 ms an image forward at 160 px.
-FLOWERS = Measured(size=160, forward=0.01, save=0.5, build=5.0, elapsed=8.0, train=3019,
-                   val=649, test=649)
+FLOWERS = Measured(size=160, forward=0.01, trace=1.0, save=0.5, build=5.0, elapsed=8.0,
+                   train=3019, val=649, test=649)
 
 
 def test_durations_read_as_a_user_writes_them():

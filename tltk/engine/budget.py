@@ -54,15 +54,16 @@ SAFETY = 0.95  # plan to end at 95 % of the budget; the Deadline guards the rest
 WHOLE_STAGE = {"unfreeze": "all", "optimizer": "adam", "lr": 1e-4, "schedule": "onecycle",
                "cache_features": False, "epochs": 1}
 # From results/b10_budget_design.json ("derived"; tests/test_budget.py checks they
-# match): seconds per image as ratios to the frozen backbone's forward pass, seconds of
-# first (tracing) calls and of a save at the reference size, the forward pass's growth
-# with the image side, and the head probe's best val top-1 per size.
+# match): per-image costs as ratios to the frozen backbone's forward pass, fixed costs
+# (first, tracing calls; an epoch's own overhead in fit) as ratios to that forward
+# pass's first call, the forward pass's growth with the image side, and the head
+# stage's best val top-1 per size.
 DESIGN = {
-    "ratio_to_forward": {"classifier": 1.0, "head_step": 0.01, "whole_step": 3.0,
-                         "top_cut": 0.95, "top_step": 0.15},
-    "side_exponent": 2.0, "reference_size": 160, "forward_at_reference": 0.01,
-    "traces_at_reference": {"trace_head": 2.0, "trace_whole": 15.0, "trace_top": 4.0,
-                            "save": 0.5},
+    "ratio_to_forward": {"classifier": 1.0, "head_step": 0.1, "whole_step": 6.0,
+                         "top_cut": 1.0, "top_step": 0.5},
+    "side_exponent": 2.0,
+    "ratio_to_trace": {"trace_head": 1.0, "trace_whole": 10.0, "trace_top": 3.0,
+                       "epoch_overhead": 0.2},
     "head_val_top1": {128: 0.73, 160: 0.74, 192: 0.74, 224: 0.74},
 }
 MODES = ("none", "top", "whole")  # in the order of how much they train
@@ -94,6 +95,7 @@ class Measured:
 
     size: int  # the image size the forward pass was timed at
     forward: float  # per image, the frozen backbone to its pooled features
+    trace: float  # its first call (tracing the graph): fixed costs scale with it
     save: float  # one save of the classifier (every epoch commits one)
     build: float  # loading the data and building the classifier once
     elapsed: float  # since the command started, when the plan is made
@@ -103,11 +105,6 @@ class Measured:
 
     def forward_at(self, size: int) -> float:
         return self.forward * (size / self.size) ** DESIGN["side_exponent"]
-
-    @property
-    def speed(self) -> float:
-        """This machine's forward pass over the design machine's (2.0: twice as slow)."""
-        return self.forward_at(DESIGN["reference_size"]) / DESIGN["forward_at_reference"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,7 +150,7 @@ def make_plan(budget_s: float, measured: Measured, head_epochs: int,
 
     Example::
 
-        make_plan(360, Measured(160, 0.01, 0.5, 5.0, 8.0, 3019, 649, 649), 20).finetune
+        make_plan(360, Measured(160, 0.01, 1.0, 0.5, 5.0, 8.0, 3019, 649, 649), 20).finetune
         # 'whole'
     """
     plans = [_plan_at(size, budget_s, measured, head_epochs) for size in sizes]
@@ -173,10 +170,9 @@ def _rank(plan: Plan) -> tuple[int, int]:
 def _plan_at(size: int, budget_s: float, m: Measured, head_epochs: int) -> Plan:
     """The plan at one image size (head epochs 0: not even the head fits)."""
     cost = _Costs(m, size)
-    evaluation = 2 * (m.val + m.test) * cost.classifier + 3 * m.save
-    train_until = budget_s * SAFETY - evaluation
+    train_until = budget_s * SAFETY - cost.evaluation
     left = train_until - m.elapsed - m.build
-    head_fixed = (m.train + m.val) * cost.forward + cost.trace("trace_head")
+    head_fixed = cost.extract(m.train, 1.0) + cost.trace("trace_head")
     epochs = max(0, min(head_epochs, math.floor((left - head_fixed) / cost.head_epoch)))
     left -= head_fixed + epochs * cost.head_epoch
     mode, tuning, views = _finetune(cost, left) if epochs == head_epochs else ("none", 0, 0)
@@ -188,38 +184,45 @@ def _plan_at(size: int, budget_s: float, m: Measured, head_epochs: int) -> Plan:
 
 def _finetune(cost: _Costs, left: float) -> tuple[str, int, int]:
     """(mode, epochs, views) of the fine-tuning `left` seconds afford."""
-    whole = math.floor((left - cost.trace("trace_whole")) / cost.whole_epoch)
+    whole = math.floor((left - cost.whole(0)) / cost.whole_epoch)
     if whole >= WHOLE_MIN_EPOCHS:
         return "whole", whole, 0
     for views in TOP_VIEWS:
-        fixed = cost.top(views, 0)
-        epochs = math.floor((left - fixed) / cost.top_epoch)
+        epochs = math.floor((left - cost.top(views, 0)) / cost.top_epoch)
         if epochs >= TOP_MIN_EPOCHS:
             return "top", epochs, views
     return "none", 0, 0
 
 
 class _Costs:
-    """Seconds of each part at one size, from the measurements and the design ratios."""
+    """Seconds of each part at one size: per-image costs from the timed forward pass,
+    fixed ones from its timed first call, both through the design ratios."""
 
     def __init__(self, m: Measured, size: int):
-        ratio = DESIGN["ratio_to_forward"]
-        self.m, self.forward = m, m.forward_at(size)
-        self.classifier = self.forward * ratio["classifier"]
-        self.head_epoch = m.save + (m.train + m.val) * self.forward * ratio["head_step"]
-        self.whole_epoch = (m.save + m.train * self.forward * ratio["whole_step"]
-                            + m.val * self.classifier)
-        self.top_cut = self.forward * ratio["top_cut"]
-        self.top_epoch = m.save + (m.train + m.val) * self.forward * ratio["top_step"]
+        per_image = {k: m.forward_at(size) * r for k, r in DESIGN["ratio_to_forward"].items()}
+        self.m, self.forward, self.per_image = m, m.forward_at(size), per_image
+        epoch = m.save + self.trace("epoch_overhead")  # every epoch commits a checkpoint
+        self.head_epoch = epoch + (m.train + m.val) * per_image["head_step"]
+        self.whole_epoch = epoch + m.train * per_image["whole_step"] + m.val * per_image[
+            "classifier"]
+        self.top_epoch = epoch + (m.train + m.val) * per_image["top_step"]
+        # best and final weights on val and test, each model traced once; saving final,
+        # loading best, the report
+        self.evaluation = (2 * (m.val + m.test) * per_image["classifier"] + 2 * m.trace
+                           + 3 * m.save)
 
     def trace(self, name: str) -> float:
-        return DESIGN["traces_at_reference"][name] * self.m.speed
+        return DESIGN["ratio_to_trace"][name] * self.m.trace
+
+    def extract(self, images: float, ratio: float) -> float:
+        """Caching `images` training images and the val split, `ratio` of a forward pass."""
+        return (images + self.m.val) * self.forward * ratio + self.m.trace
 
     def whole(self, epochs: int) -> float:
         return self.trace("trace_whole") + epochs * self.whole_epoch
 
     def top(self, views: int, epochs: int) -> float:
-        extract = (views * self.m.train + self.m.val) * self.top_cut
+        extract = self.extract(views * self.m.train, DESIGN["ratio_to_forward"]["top_cut"])
         return extract + self.trace("trace_top") + epochs * self.top_epoch
 
 
@@ -263,8 +266,8 @@ def plan_budget(config: RunConfig, budget_s: float, started: float, say=print) -
     plan = make_plan(budget_s, measured, _stages(config)[0].epochs, sizes)
     say(plan.describe())
     say(f"  timed on this machine: {1000 * measured.forward:.1f} ms an image through the "
-        f"backbone at {measured.size} px, {measured.save:.1f} s a save, "
-        f"{measured.elapsed:.0f} s before planning")
+        f"backbone at {measured.size} px ({measured.trace:.1f} s its first call), "
+        f"{measured.save:.1f} s a save, {measured.elapsed:.0f} s before planning")
     if plan.head_epochs == 0:
         raise TltkError(f"--budget: {_minutes(budget_s)} does not fit even one head epoch "
                         f"here (start-up and planning took {measured.elapsed:.0f} s); give a "
@@ -286,15 +289,19 @@ def measure(config: RunConfig, spec, size: int, started: float) -> Measured:
     build = time.time() - t0
     lower = plan_stage(ctx, ctx.config.stages[0], strict=False).lower or ctx.model
     batches = _batches(ctx, "train", TIMED_BATCHES + 1)
+    t1 = time.time()
+    lower.predict_on_batch(batches[0][0])  # the first call traces the graph
+    trace = time.time() - t1
     per_batch = _seconds_per_call(lambda b: lower.predict_on_batch(b[0]), batches)
-    images = sum(int(b[0].shape[0]) for b in batches[1:]) / max(1, len(batches) - 1)
+    timed = batches[1:] or batches  # as _seconds_per_call times them
+    images = sum(int(b[0].shape[0]) for b in timed) / len(timed)
     with tempfile.TemporaryDirectory() as tmp:
-        t1 = time.time()
+        t2 = time.time()
         save_model(ctx.model, Path(tmp) / "model.keras")
-        save = time.time() - t1
+        save = time.time() - t2
     splits = ctx.dataset.splits
     keras.backend.clear_session()  # the run builds its own classifier
-    return Measured(size, per_batch / images, round(save, 3), round(build, 2),
+    return Measured(size, per_batch / images, round(trace, 3), round(save, 3), round(build, 2),
                     round(time.time() - started, 2), len(splits["train"]), len(splits["val"]),
                     len(splits.get("test", ())))
 
