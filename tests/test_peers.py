@@ -8,8 +8,6 @@ Example:
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import keras
 import numpy as np
 import pytest
@@ -26,29 +24,14 @@ from benchmarks.peers import (
     fastai_model,
     fastai_optimizer,
 )
+from tests.tiny import tiny_model_file
 
 SIZE, CLASSES = 32, 3
 
 
-def tiny_model_file(path: Path) -> Path:
-    """A Lite0-shaped stand-in: rescaling inside, BatchNorm at Keras's 0.99, a
-    `block7a_` top block and a `top_activation` feature map."""
-    inputs = keras.Input((SIZE, SIZE, 3))
-    x = keras.layers.Rescaling(1 / 128, offset=-127 / 128)(inputs)
-    x = keras.layers.Conv2D(4, 3, strides=2, name="stem_conv")(x)
-    x = keras.layers.BatchNormalization(name="stem_bn")(x)
-    x = keras.layers.ReLU(name="stem_activation")(x)
-    x = keras.layers.Conv2D(8, 3, strides=2, name="block7a_project_conv")(x)
-    x = keras.layers.BatchNormalization(name="block7a_project_bn")(x)
-    x = keras.layers.ReLU(name="top_activation")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    keras.Model(inputs, keras.layers.Dense(10, name="predictions")(x)).save(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Backbone:
-    path = tiny_model_file(tmp_path_factory.mktemp("peers") / "tiny.keras")
+    path = tiny_model_file(tmp_path_factory.mktemp("peers") / "tiny.keras", SIZE)
     return Backbone("tiny", path, SIZE, "block7a_")
 
 
