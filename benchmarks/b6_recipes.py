@@ -72,6 +72,7 @@ from benchmarks.peers import (
 )
 from recipes import folder
 from tltk.evaluation.metrics import tta_views
+from tltk.log import silent
 
 NAME = "b6_recipes"
 BUDGET_S = 360.0  # per recipe and backbone: 9 runs, about an hour in all
@@ -329,7 +330,7 @@ def run_tltk(bb: Backbone, data: Data, budget: float, variant: str | None = None
         try:
             with environ("TLTK_CACHE", str(work / "scan")), \
                     budget_alarm(clock, lambda: watcher.poll() and settled(work / "run")):
-                tltk.train(config, verbose=False)
+                tltk.train(config, say=silent)
         except BudgetSpent:
             pass
         finally:

@@ -23,9 +23,9 @@ def files(tmp_path_factory):
     shape, a folder holding another run and a regular file to nest --out under."""
     root = tmp_path_factory.mktemp("errors")
     (root / "bad.yaml").write_text("backbone: [unclosed\n")
-    config = RunConfig(recipe="demo", stages=[{"name": "train", "epochs": 1,
-                                               "schedule": "cosin"}])
-    (root / "schedule.yaml").write_text(config.to_yaml())
+    config = RunConfig(recipe="demo", stages=[{"name": "train", "epochs": 1}])
+    (root / "schedule.yaml").write_text(
+        config.to_yaml().replace("schedule: constant", "schedule: cosin"))
     with h5py.File(root / "wrong.weights.h5", "w") as f:
         f["layers/dense/vars/0"] = np.zeros((3, 3), np.float32)
     (root / "other").mkdir()

@@ -9,6 +9,7 @@ import pytest
 from tests.conftest import FLOWERS, MNV2_WEIGHTS, require_shared
 from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig
 from tltk.engine.run import train
+from tltk.log import silent
 
 
 @pytest.mark.slow
@@ -22,7 +23,7 @@ def test_folder_transfer_on_flowers_is_far_above_chance(tmp_path):
         head=HeadConfig(units=128),
         stages=[StageConfig("bottleneck", epochs=15, unfreeze=0, augment=False)],
         out=str(tmp_path / "run"))
-    result = train(config, verbose=False)
+    result = train(config, say=silent)
     metrics = result.metrics.set_index(["weights", "split"])
     assert result.config.top_k == 2  # five classes
     # Chance is 20 %; frozen features from these weights give ~60-70 %.

@@ -19,6 +19,7 @@ import traceback
 
 import click
 
+from tltk.config import Precision, Preprocess, Resize, choices
 from tltk.errors import TltkError
 
 # TensorFlow's C++ start-up chatter hides the output users care about.
@@ -124,7 +125,7 @@ source_options = _options(
                  "feature map (default: the last 4-D one)."),
     click.option("--blocks", help="Model-file/hub backbone: block names (layer-name "
                  "prefixes), overriding the inferred ones, e.g. block7a,block6d."),
-    click.option("--preprocess", type=click.Choice(["caffe", "torch", "tf", "none"]),
+    click.option("--preprocess", type=click.Choice(choices(Preprocess)),
                  help="Input normalisation, for a model without its own rescaling."))
 model_options = _options(
     click.option("--backbone", help="Backbone name (see `tltk backbones`), a .keras/.h5 "
@@ -177,8 +178,8 @@ def _config(recipe, config_file, flags, sets=(), **stage_fields):
 @config_option
 @click.option("--out", help="Run directory (default runs/<recipe>-<backbone>-<time>).")
 @click.option("--class-weight", type=click.Choice(["balanced"]), help="Re-weight classes.")
-@click.option("--resize", type=click.Choice(["stretch", "crop", "pad"]))
-@click.option("--precision", type=click.Choice(["float32", "mixed_float16", "mixed_bfloat16"]))
+@click.option("--resize", type=click.Choice(choices(Resize)))
+@click.option("--precision", type=click.Choice(choices(Precision)))
 @click.option("--jit", is_flag=True, help="Compile with XLA.")
 @click.option("--cache-features/--no-cache-features", default=None,
               help="Train frozen stages on cached bottleneck features (default on).")
@@ -344,7 +345,7 @@ full_original_options = _options(
     click.option("--backbone", required=True, help="Backbone whose ImageNet classifier to use "
                  "(a name, or a model file with its 1000-class top)."),
     click.option("--weights", help="Include-top weights file (default: imagenet, Keras' cache)."),
-    click.option("--preprocess", type=click.Choice(["caffe", "torch", "tf", "none"]),
+    click.option("--preprocess", type=click.Choice(choices(Preprocess)),
                  help="Input normalisation, for a model file without its own rescaling."),
     click.option("--data", help="Image folder with WordNet-id class folders, or a tfds "
                  "data_dir."),

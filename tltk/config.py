@@ -17,11 +17,11 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import yaml
 
-from tltk.errors import TltkError
+from tltk.errors import TltkError, unknown_name
 
 # A stage's `unfreeze`: how many named backbone blocks, counted from the top, are
 # trainable (0 = frozen backbone), "all" for the whole backbone, or explicit block names.
@@ -29,6 +29,36 @@ Unfreeze = int | str | list
 BATCHNORM_MODES = ("frozen", "train")
 TTA_MODES = ("none", "flip", "flip+affine")
 AUGMENT_POLICIES = ("affine", "randaugment")
+
+# Each set of named choices, declared once: the config checks values against these,
+# the CLI builds its `click.Choice`s from them (`choices`), and the registries that
+# implement them (optimizers, preprocessing modes) are tested to cover exactly these.
+Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]
+Resize = Literal["stretch", "crop", "pad"]
+Preprocess = Literal["caffe", "torch", "tf", "none"]
+Optimizer = Literal["adam", "sgd", "rmsprop", "adamw"]
+Schedule = Literal["constant", "step", "cosine", "sgdr", "onecycle"]
+
+# Arguments each schedule accepts in `schedule_args`, with their defaults (see
+# tltk.optim.schedules). fastai's fit_one_cycle defaults: start at lr/25, peak at a
+# quarter, end at lr/1e5.
+SCHEDULE_ARGS = {
+    "constant": {},
+    "step": {},
+    "cosine": {"min_lr": 0.0},
+    "sgdr": {"period": 10, "t_mul": 2.0, "m_mul": 1.0, "min_lr": 0.0},
+    "onecycle": {"pct_start": 0.25, "div_factor": 25.0, "final_div_factor": 1e5},
+}
+
+
+def choices(literal) -> tuple[str, ...]:
+    """The names a `Literal` choice type allows.
+
+    Example:
+        >>> choices(Resize)
+        ('stretch', 'crop', 'pad')
+    """
+    return typing.get_args(literal)
 
 
 @dataclass
@@ -42,7 +72,7 @@ class DataConfig:
     test_fraction: float = 0.15
     split: str = "default"  # dataset-specific protocol, e.g. dogs: default | official
     per_class: int | None = None  # subsample the training split to this many per class
-    resize: str = "stretch"  # stretch | crop (keep aspect, centre crop) | pad
+    resize: Resize = "stretch"  # stretch | crop (keep aspect, centre crop) | pad
     class_weight: str | None = None  # None | balanced
     cache_images: bool = True  # keep decoded, resized images in memory when they fit
     # Seed of the train/val/test split, fixed by default and independent of --seed, so
@@ -65,7 +95,7 @@ class BackboneOptions:
 
     cut: str | None = None
     blocks: list | None = None
-    preprocess: str | None = None
+    preprocess: Preprocess | None = None
 
 
 @dataclass
@@ -110,7 +140,7 @@ class StageConfig:
 
     name: str
     epochs: int
-    optimizer: str = "adam"  # adam | sgd | rmsprop | adamw
+    optimizer: Optimizer = "adam"
     lr: float = 1e-3
     momentum: float = 0.0
     lr_steps: list = field(default_factory=list)
@@ -123,7 +153,7 @@ class StageConfig:
     # schedule: constant | step | cosine | sgdr; schedule_args e.g. {"min_lr": 1e-5} or
     # {"period": 5, "t_mul": 2.0, "m_mul": 1.0}; block i from the top trains at
     # lr * block_lr_decay**i and the new head at lr * head_lr_mult.
-    schedule: str = "constant"
+    schedule: Schedule = "constant"
     warmup_epochs: int = 0
     schedule_args: dict = field(default_factory=dict)
     block_lr_decay: float | None = None
@@ -148,21 +178,82 @@ class StageConfig:
 
     def validate(self) -> None:
         """Reject a stage that cannot run, naming the field and the fix."""
-        from tltk.optim.discriminative import OPTIMIZERS
-        from tltk.optim.schedules import make_lr
-
         if self.epochs < 0:
             raise TltkError(f"stage '{self.name}': epochs must be 0 (skip the stage) or a "
                             f"positive integer (got {self.epochs}); set "
                             "--epochs-head/--epochs-finetune")
-        OPTIMIZERS.get(self.optimizer, argument=f"stages.{self.name}.optimizer")
+        _check_choice(Optimizer, self.optimizer, f"stages.{self.name}.optimizer")
         if self.lr <= 0:
             raise TltkError(f"stage '{self.name}': lr must be positive (got {self.lr})")
         if self.mixup < 0:
             raise TltkError(f"stage '{self.name}': --mixup must be 0 (off) or a positive "
                             f"alpha such as 0.2 (got {self.mixup:g})")
         self._validate_regularisers()
-        make_lr(self, steps_per_epoch=1)  # a bad schedule fails now, not after a stage
+        self.schedule_args_checked()  # a bad schedule fails now, not after a stage
+
+    def effective_schedule(self) -> str:
+        """The schedule run: a `constant` stage with `lr_steps` is a `step` stage."""
+        if self.schedule == "constant" and self.lr_steps:
+            return "step"
+        return self.schedule
+
+    def schedule_args_checked(self) -> dict:
+        """The schedule's arguments (defaults filled in) after checking every schedule
+        field against the others; raises naming the field and the fix.
+
+        Example:
+            >>> StageConfig("ft", epochs=4, schedule="cosine").schedule_args_checked()
+            {'min_lr': 0.0}
+        """
+        name, where = self.effective_schedule(), f"stages.{self.name}"
+        _check_choice(Schedule, name, f"{where}.schedule")
+        allowed = SCHEDULE_ARGS[name]
+        unknown = sorted(set(self.schedule_args) - set(allowed))
+        if unknown:
+            raise TltkError(f"{where}.schedule_args: unknown key(s) {unknown} for schedule "
+                            f"'{name}'; valid keys: {', '.join(allowed) or 'none'}")
+        args = {**allowed, **self.schedule_args}
+        self._check_warmup(name, where)
+        if self.lr_steps and name != "step":
+            raise TltkError(f"{where}.lr_steps: only the step schedule uses lr_steps; "
+                            f"remove them or set schedule: step (got schedule: {name})")
+        if name == "step":
+            self.lr_steps_checked()
+        if name == "onecycle" and not (0 < args["pct_start"] < 1 and args["div_factor"] >= 1
+                                       and args["final_div_factor"] >= 1):
+            raise TltkError(f"{where}.schedule_args: onecycle needs 0 < pct_start < 1, "
+                            f"div_factor >= 1 and final_div_factor >= 1 (got {args})")
+        if name == "sgdr" and (args["period"] <= 0 or args["t_mul"] <= 0):
+            raise TltkError(f"{where}.schedule_args: sgdr needs period > 0 and t_mul > 0")
+        if "min_lr" in args and not 0 <= args["min_lr"] <= self.lr:
+            raise TltkError(f"{where}.schedule_args.min_lr: must lie in [0, lr={self.lr}], "
+                            f"got {args['min_lr']}")
+        return args
+
+    def _check_warmup(self, name: str, where: str) -> None:
+        if self.warmup_epochs < 0 or (self.warmup_epochs and self.warmup_epochs >= self.epochs
+                                      and name in ("cosine", "sgdr")):
+            raise TltkError(f"{where}.warmup_epochs: {self.warmup_epochs} leaves no epochs for "
+                            f"the {name} schedule of a {self.epochs}-epoch stage; lower it")
+        if self.warmup_epochs and name == "onecycle":
+            raise TltkError(f"{where}.warmup_epochs: the onecycle schedule warms up by itself "
+                            "(schedule_args.pct_start); set warmup_epochs: 0")
+
+    def lr_steps_checked(self) -> tuple[list[int], list[float]]:
+        """`lr_steps` as (epochs, rates), checked: the step schedule needs them."""
+        where = f"stages.{self.name}.lr_steps"
+        if not self.lr_steps:
+            raise TltkError(f"{where}: the step schedule needs [epoch, lr] pairs, "
+                            "e.g. lr_steps: [[25, 0.001]]")
+        try:
+            epochs = [int(epoch) for epoch, _ in self.lr_steps]
+            values = [float(lr) for _, lr in self.lr_steps]
+        except (TypeError, ValueError):
+            raise TltkError(f"{where}: expected [epoch, lr] pairs, got {self.lr_steps!r}") \
+                from None
+        if any(b <= a for a, b in zip(epochs, epochs[1:])) or epochs[0] < 1:
+            raise TltkError(f"{where}: epochs must be increasing and at least 1, got {epochs}")
+        return epochs, values
 
     def _validate_regularisers(self) -> None:
         where = f"stage '{self.name}'"
@@ -192,7 +283,7 @@ class RunConfig:
     batch_size: int = 32
     seed: int = 0
     top_k: int | None = None  # None: 5, or 2 when there are 5 classes or fewer
-    precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
+    precision: Precision = "float32"
     jit: bool = False
     # Deterministic TensorFlow kernels: with the same seed, reruns are bit-identical.
     deterministic: bool = False
@@ -214,7 +305,7 @@ class RunConfig:
     budget: dict | None = None
 
     def __post_init__(self):
-        self.stages = [s if isinstance(s, StageConfig) else _build(StageConfig, s, "stages")
+        self.stages = [s if isinstance(s, StageConfig) else _build(StageConfig, s, _where(s))
                        for s in self.stages]
 
     # --- conversion -------------------------------------------------------
@@ -272,10 +363,10 @@ class RunConfig:
                   (self.data.image_size is None or self.data.image_size > 0,
                    "--image-size must be a positive integer"),
                   (bool(self.stages), "the config has no stages; add at least one"),
-                  (self.precision in ("float32", "mixed_float16", "mixed_bfloat16"),
-                   "--precision must be float32, mixed_float16 or mixed_bfloat16"),
-                  (self.data.resize in ("stretch", "crop", "pad"),
-                   "--resize must be stretch, crop or pad"),
+                  (self.precision in choices(Precision),
+                   f"--precision must be {' or '.join(choices(Precision))}"),
+                  (self.data.resize in choices(Resize),
+                   f"--resize must be {' or '.join(choices(Resize))}"),
                   (self.data.class_weight in (None, "balanced"),
                    "--class-weight must be 'balanced' or unset"),
                   (self.data.per_class is None or self.data.per_class > 0,
@@ -366,6 +457,9 @@ def _coerce(hint, value, where: str):
             return None
         raise TltkError(f"{where}: a value is required")
     for option in options:
+        if typing.get_origin(option) is Literal:
+            _check_choice(option, value, where)
+            return value
         if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if option in (int, str, bool, list, dict) and type(value) is option:
@@ -376,6 +470,17 @@ def _coerce(hint, value, where: str):
         return str(value)
     names = "/".join(getattr(o, "__name__", str(o)) for o in options)
     raise TltkError(f"{where}: expected {names}, got {value!r}")
+
+
+def _where(stage) -> str:
+    """`stages.NAME` for a stage given as a mapping with a name, else `stages`."""
+    name = stage.get("name") if isinstance(stage, dict) else None
+    return f"stages.{name}" if isinstance(name, str) else "stages"
+
+
+def _check_choice(literal, value, where: str) -> None:
+    if value not in choices(literal):
+        raise unknown_name(where, str(value), choices(literal))
 
 
 def _is_union(hint) -> bool:

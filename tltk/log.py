@@ -63,6 +63,10 @@ def log(message: str) -> None:
 CHATTY = ("tensorflow", "absl", "keras", "h5py")
 
 
+def silent(message: str) -> None:
+    """A `say` that prints nothing (quiet runs: tests, the tuner's trials, dry runs)."""
+
+
 def set_verbose(verbose: bool) -> None:
     """Show (True) or hide (False) debug detail and Keras/TensorFlow chatter.
 

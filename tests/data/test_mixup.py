@@ -11,6 +11,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tltk.data.mixup import beta_weights, mix_batch, mixup_batches  # noqa: E402
+from tltk.log import silent
 
 B = 8
 LABELS = np.array([0, 1, 2, 0, 1, 2, 2, 0], dtype=np.int32)
@@ -124,7 +125,7 @@ def test_training_stages_take_mixup_on_images_and_on_cached_features(tmp_path, b
                          [StageConfig("mix", epochs=2, unfreeze=unfreeze, mixup=0.4)],
                          backbone=backbone, data={"per_class": 10},
                          head=HeadConfig(layers=1, units=8))
-    result = train(config, verbose=False)
+    result = train(config, say=silent)
     stage = json.loads((result.run_dir / "run.json").read_text())["stages"][0]
     assert stage["mixup"] == 0.4
     assert stage["cached_features"] == ("pooled" if backbone == "vgg16" else None)

@@ -11,11 +11,13 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import SMALL_SPLITS, tiny_config
+from tltk import faults
 from tltk.cli import main
 from tltk.config import HeadConfig, RunConfig, StageConfig
 from tltk.engine import checkpoint as resume
 from tltk.engine.run import train
 from tltk.errors import TltkError
+from tltk.log import silent
 from tltk.rundir import RunDir
 
 
@@ -43,19 +45,19 @@ def crash_at(monkeypatch, point: str) -> None:
         if name == point:
             raise Interrupted(name)
 
-    monkeypatch.setattr(resume, "fault_point", fault_point)
+    monkeypatch.setattr(faults, "fault_point", fault_point)
 
 
 @pytest.mark.slow
 def test_interrupted_cached_feature_stages_resume_to_the_uninterrupted_result(
         tmp_path, monkeypatch):
-    reference = train(cached_stages_config(tmp_path / "reference"), verbose=False)
+    reference = train(cached_stages_config(tmp_path / "reference"), say=silent)
 
     config = cached_stages_config(tmp_path / "run")
     for point in ("bottleneck:end", "finetune:2:mid-epoch"):
         crash_at(monkeypatch, point)
         with pytest.raises(Interrupted):
-            train(config, verbose=False)
+            train(config, say=silent)
     run = RunDir(tmp_path / "run")
     status = run.status()
     assert status["status"] == "failed" and "Interrupted" in status["error"]
@@ -64,8 +66,8 @@ def test_interrupted_cached_feature_stages_resume_to_the_uninterrupted_result(
     assert state["epochs_done"] == 1, "epoch 2 was cut short; epoch 1 is the last commit"
     assert (run.path / "backup" / "stage-bottleneck.weights.h5").is_file()
 
-    monkeypatch.setattr(resume, "fault_point", lambda name: None)
-    result = train(config, verbose=False)  # the same --out: resumes on its own
+    monkeypatch.setattr(faults, "fault_point", lambda name: None)
+    result = train(config, say=silent)  # the same --out: resumes on its own
     status = json.loads((result.run_dir / "run.json").read_text())
     assert status["status"] == "complete" and len(status["resumed"]) == 2
     assert "error" not in status

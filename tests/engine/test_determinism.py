@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import SMALL_SPLITS, tiny_config
 from tltk.config import HeadConfig, RunConfig, StageConfig
 from tltk.engine.run import train
+from tltk.log import silent
 
 
 def config(out=None) -> RunConfig:
@@ -37,7 +38,7 @@ def test_same_seed_runs_are_identical_and_write_only_their_run_and_cache_dirs(
         patch.setenv("TMPDIR", str(tmp))
         patch.setattr(tempfile, "tempdir", str(tmp))
         patch.chdir(cwd)
-        first = train(config(), verbose=False)  # default --out: runs/<recipe>-<backbone>-<time>
+        first = train(config(), say=silent)  # default --out: runs/<recipe>-<backbone>-<time>
         run = first.run_dir.resolve()
     assert run.parent == cwd / "runs"
     assert files_under(cwd) == {"runs", f"runs/{run.name}"} | \
@@ -47,7 +48,7 @@ def test_same_seed_runs_are_identical_and_write_only_their_run_and_cache_dirs(
     assert {f for f in files_under(tmp) if not f.startswith("__autograph_generated_file")} \
         == set()
 
-    second = train(config(tmp_path / "second"), verbose=False)
+    second = train(config(tmp_path / "second"), say=silent)
     for name in ("history.csv", "metrics.csv"):
         assert (second.run_dir / name).read_text() == (run / name).read_text(), name
     assert len(second.history) == 2

@@ -26,7 +26,8 @@ from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig
 from tltk.engine.callbacks import NumericalFault
 from tltk.engine.run import train
 from tltk.errors import TltkError
-from tltk.evaluation.metrics import load_model
+from tltk.log import silent
+from tltk.saving import load_keras_file
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPLETE = {"config.yaml", "run.json", "classes.json", "history.csv", "best.keras",
@@ -96,7 +97,7 @@ def test_nan_loss_stops_with_one_line_keeps_best_and_writes_metrics(tmp_path):
         StageConfig("wreck", epochs=3, optimizer="sgd", lr=1e-3, lr_steps=[[1, 1e9]],
                     unfreeze="all", augment=False)])
     with pytest.raises(NumericalFault) as fault:
-        train(config, verbose=False)
+        train(config, say=silent)
     message = str(fault.value)
     assert "\n" not in message
     assert re.match(r"stage 'wreck' epoch 2, batch \d+: the training loss became (nan|inf)",
@@ -112,7 +113,7 @@ def test_nan_loss_stops_with_one_line_keeps_best_and_writes_metrics(tmp_path):
     # "final" is the last good epoch, the first, which is also the best.
     assert metrics.loc[("final", "val"), "top1"] == pytest.approx(
         100 * history["val_top1"].iloc[-1], abs=0.01)
-    final = load_model(run / "final.keras")
+    final = load_keras_file(run / "final.keras")
     assert all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in final.weights)
 
 
@@ -127,7 +128,7 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_after(tmp_path):
     resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, hard))
     try:
         with pytest.raises(TltkError) as error:
-            train(config, verbose=False)
+            train(config, say=silent)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, handler)
@@ -138,7 +139,7 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_after(tmp_path):
     assert status["status"] == "failed"
     assert not list((tmp_path / "run").rglob(".*.weights.h5")), "no half-written file left"
 
-    result = train(config, verbose=False)
+    result = train(config, say=silent)
     assert result.history["epoch"].tolist() == [0]
 
 
@@ -176,7 +177,7 @@ def test_loading_is_safe_no_pickle_and_keras_safe_mode(tmp_path):
     model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs))
     model.save(tmp_path / "lambda.keras")
     with pytest.raises(ValueError, match="safe_mode"):
-        load_model(tmp_path / "lambda.keras")  # code in a model file is never run
+        load_keras_file(tmp_path / "lambda.keras")  # code in a model file is never run
 
 
 # --- ten kill points over both stages, SIGKILL and Ctrl-C ----------------------------

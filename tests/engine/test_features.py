@@ -18,6 +18,7 @@ from tltk.engine import streams
 from tltk.engine.features import FeatureCache, cache_budget, cache_bytes
 from tltk.engine.run import train
 from tltk.errors import TltkError
+from tltk.log import silent
 
 
 def extractor() -> keras.Model:
@@ -97,7 +98,7 @@ def test_a_requested_cache_over_budget_fails_before_training_saying_by_how_much(
                            StageConfig("head", epochs=1, unfreeze=0),
                            StageConfig("tune", epochs=1, unfreeze=1, cache_features=True)])
     with pytest.raises(TltkError) as info:
-        train(config, verbose=False)
+        train(config, say=silent)
     message = str(info.value)
     assert "\n" not in message and "stage 'tune'" in message
     assert "MB over the cache budget of 0.1 MB" in message

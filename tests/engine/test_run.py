@@ -16,7 +16,9 @@ from tests.conftest import tiny_config
 from tltk.config import HeadConfig, RunConfig, StageConfig
 from tltk.engine.run import train
 from tltk.errors import TltkError
-from tltk.evaluation.metrics import load_model, topk_accuracy
+from tltk.evaluation.metrics import topk_accuracy
+from tltk.log import silent
+from tltk.saving import load_keras_file
 
 
 def tiny(tmp_path, stages, backbone="scratch", **kw) -> RunConfig:
@@ -32,7 +34,7 @@ def two_stage_run(tmp_path_factory):
     return train(tiny(tmp_path_factory.mktemp("two-stage"), [
         StageConfig("first", epochs=2, optimizer="adam", lr=1e-3, unfreeze="all"),
         StageConfig("second", epochs=1, optimizer="sgd", lr=1e-3, momentum=0.9,
-                    unfreeze="all")]), verbose=False)
+                    unfreeze="all")]), say=silent)
 
 
 @pytest.mark.slow
@@ -59,7 +61,7 @@ def test_best_and_final_weights_are_tracked_separately(tmp_path):
     result = train(tiny(tmp_path, [
         StageConfig("learn", epochs=6, optimizer="adam", lr=3e-3, unfreeze=0, augment=False),
         StageConfig("wreck", epochs=1, optimizer="sgd", lr=50.0, unfreeze=0, augment=False)],
-        backbone="vgg16"), verbose=False)
+        backbone="vgg16"), say=silent)
     history, metrics = result.history, result.metrics.set_index(["weights", "split"])
     best_epoch = int(history["val_top1"].idxmax())
     assert history.loc[best_epoch, "stage"] == "learn"
@@ -73,7 +75,7 @@ def test_best_and_final_weights_are_tracked_separately(tmp_path):
 @pytest.mark.slow
 def test_saved_best_model_reloads_and_reproduces_its_metrics(two_stage_run):
     result = two_stage_run
-    model = load_model(result.run_dir / "best.keras")
+    model = load_keras_file(result.run_dir / "best.keras")
     saved = np.load(result.run_dir / "predictions" / "best-test.npz")
     from tltk import data as tltk_data
     from tltk.evaluation.metrics import predict_split
@@ -91,7 +93,7 @@ def test_cached_feature_stage_metrics_equal_the_whole_models(tmp_path, tiny_back
     # The two-block "tiny" backbone (no BatchNorm) stands in for a pretrained one.
     config = tiny(tmp_path, [StageConfig("bottleneck", epochs=3, unfreeze=0,
                                          feature_views=2)], backbone="tiny")
-    result = train(config, verbose=False)
+    result = train(config, say=silent)
     history = result.history
     metrics = result.metrics.set_index(["weights", "split"])
     # The last epoch's val accuracy was computed by the head on cached features;
@@ -105,25 +107,25 @@ def test_cached_feature_stage_metrics_equal_the_whole_models(tmp_path, tiny_back
 def test_feature_cache_is_reused_and_keyed(tmp_path, tiny_backbone):
     cache_dir = Path(os.environ["TLTK_CACHE"]) / "features"
     stages = [StageConfig("bottleneck", epochs=1, unfreeze=0, augment=False)]
-    train(tiny(tmp_path / "a", stages, backbone="tiny"), verbose=False)
+    train(tiny(tmp_path / "a", stages, backbone="tiny"), say=silent)
     first = set(cache_dir.glob("*.npy"))
-    train(tiny(tmp_path / "b", stages, backbone="tiny"), verbose=False)
+    train(tiny(tmp_path / "b", stages, backbone="tiny"), say=silent)
     assert set(cache_dir.glob("*.npy")) == first, "a second identical run reuses the cache"
     other = tiny(tmp_path / "c", stages, backbone="tiny").override({"data.image_size": 40})
-    train(other, verbose=False)
+    train(other, say=silent)
     assert len(set(cache_dir.glob("*.npy")) - first) == 2, "a new image size rebuilds"
 
 
 def test_bad_settings_are_one_line_errors(tmp_path):
     good = StageConfig("s", epochs=1, unfreeze="all")
     with pytest.raises(TltkError, match=r"epochs must be 0 \(skip the stage\) or a positive"):
-        train(tiny(tmp_path, [StageConfig("s", epochs=-1)]), verbose=False)
+        train(tiny(tmp_path, [StageConfig("s", epochs=-1)]), say=silent)
     with pytest.raises(TltkError, match="every stage has 0 epochs"):  # 0 alone skips all
-        train(tiny(tmp_path, [StageConfig("s", epochs=0)]), verbose=False)
+        train(tiny(tmp_path, [StageConfig("s", epochs=0)]), say=silent)
     with pytest.raises(TltkError, match="--batch-size"):
-        train(tiny(tmp_path, [good]).override({"batch_size": -1}), verbose=False)
+        train(tiny(tmp_path, [good]).override({"batch_size": -1}), say=silent)
     with pytest.raises(TltkError, match="did you mean 'sgd'"):
-        train(tiny(tmp_path, [StageConfig("s", epochs=1, optimizer="sgdd")]), verbose=False)
+        train(tiny(tmp_path, [StageConfig("s", epochs=1, optimizer="sgdd")]), say=silent)
 
 
 @pytest.mark.slow
@@ -131,7 +133,7 @@ def test_out_dir_holding_a_finished_run_is_refused(two_stage_run):
     config, run = two_stage_run.config, two_stage_run.run_dir
     before = (run / "metrics.csv").read_text()
     with pytest.raises(TltkError, match="already holds a finished run"):
-        train(config, verbose=False)
+        train(config, say=silent)
     assert (run / "metrics.csv").read_text() == before
     keras.backend.clear_session()
 
@@ -149,7 +151,7 @@ def test_fine_tuning_top_block_on_cached_activations_is_exact(tmp_path):
 
     keras.utils.set_random_seed(config.seed)
     initial = build_backbone(get_backbone("vgg16"), "none", 32)
-    result = train(config, verbose=False)
+    result = train(config, say=silent)
     base = backbone_of(result.model)
     assert not np.allclose(base.get_layer("block5_conv3").kernel.numpy(),
                            initial.get_layer("block5_conv3").kernel.numpy())
@@ -167,8 +169,8 @@ def test_fine_tuning_top_block_on_cached_activations_is_exact(tmp_path):
 def test_mixed_precision_and_xla_runs_train_and_keep_float32_outputs(tmp_path, precision, jit):
     config = tiny(tmp_path, [StageConfig("s", epochs=1, unfreeze="all")],
                   precision=precision, jit=jit)
-    result = train(config, verbose=False)
+    result = train(config, say=silent)
     assert result.model.output.dtype == "float32"
     assert keras.mixed_precision.global_policy().name == "float32", "policy restored"
-    model = load_model(result.run_dir / "final.keras")
+    model = load_keras_file(result.run_dir / "final.keras")
     assert model.get_layer("head").get_layer("predictions").dtype_policy.name == "float32"

@@ -40,7 +40,7 @@ SCRIPT = textwrap.dedent("""
             [StageConfig("tune", epochs=2, optimizer="sgd", lr=0.01, momentum=0.9, unfreeze=1,
                          cache_features=True, augment=False)],
             data=SMALL_SPLITS, head=HeadConfig(layers=0), deterministic=True, strategy=strategy)
-        train(config, verbose=False)
+        train(config, say=silent)
         replicas = distribute.make_strategy(strategy).num_replicas_in_sync
         print(json.dumps({"strategy": strategy, "replicas": replicas}))
 """)

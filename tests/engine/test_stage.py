@@ -14,9 +14,10 @@ from tltk.data.core import make_pipeline
 from tltk.engine.run import end_run, finish, prepare, train
 from tltk.engine.stage import run_stage, stage_loss
 from tltk.errors import TltkError
-from tltk.evaluation.metrics import load_model
+from tltk.log import silent
 from tltk.models.backbones import get_backbone
 from tltk.models.heads import backbone_of
+from tltk.saving import load_keras_file
 
 
 def tiny(tmp_path, stages, backbone="tiny", **kw) -> RunConfig:
@@ -51,7 +52,7 @@ def test_label_smoothing_loss_is_keras_definition_on_a_tiny_batch():
 def test_a_label_smoothing_stage_trains_and_validates_on_the_smoothed_loss(tmp_path,
                                                                           tiny_backbone):
     stage = StageConfig("ft", epochs=1, unfreeze="all", augment=False, label_smoothing=0.3)
-    result = train(tiny(tmp_path, [stage]), verbose=False)
+    result = train(tiny(tmp_path, [stage]), say=silent)
     val = make_pipeline(_dataset(result).splits["val"], 32, 32, training=False, seed=0)
     images = np.concatenate([x for x, _ in val.as_numpy_iterator()])
     labels = np.concatenate([y for _, y in val.as_numpy_iterator()])
@@ -76,7 +77,7 @@ def test_batchnorm_mode_moves_or_keeps_the_moving_statistics(tmp_path, tiny_bn_b
                                                              mode, cache):
     stage = StageConfig("ft", epochs=1, unfreeze=1, augment=False, batchnorm=mode,
                         cache_features=cache)
-    result = train(tiny(tmp_path, [stage], backbone="tiny_bn"), verbose=False)
+    result = train(tiny(tmp_path, [stage], backbone="tiny_bn"), say=silent)
     block_bn = backbone_of(result.model).get_layer("block2_bn")
     head_bn = result.model.get_layer("head").get_layer("head_bn")
     for bn in (block_bn, head_bn):
@@ -130,7 +131,7 @@ def test_ema_weights_equal_a_numpy_reference_and_get_their_own_rows(tmp_path, ti
     ema = raw[0]
     for kernel in raw[1:]:
         ema = decay * ema + (1 - decay) * kernel
-    saved = load_model(result.run_dir / "ema.keras")
+    saved = load_keras_file(result.run_dir / "ema.keras")
     np.testing.assert_allclose(saved.get_layer("head").get_layer("predictions").kernel.numpy(),
                                ema, rtol=1e-5, atol=1e-7)
     # Training (and `final`) keep the trained weights, not the average.
@@ -147,7 +148,7 @@ def test_ema_weights_equal_a_numpy_reference_and_get_their_own_rows(tmp_path, ti
 def test_randaugment_policy_trains_and_is_recorded(tmp_path, tiny_backbone):
     stage = StageConfig("ft", epochs=1, unfreeze="all")
     result = train(tiny(tmp_path, [stage], augment_policy="randaugment",
-                        randaugment_factor=0.3), verbose=False)
+                        randaugment_factor=0.3), say=silent)
     entry = json.loads((result.run_dir / "run.json").read_text())["stages"][0]
     assert entry["augment"] == "randaugment"
     assert np.isfinite(result.history["loss"]).all()

@@ -22,6 +22,7 @@ from tltk.cli import main
 from tltk.config import HeadConfig, RunConfig, StageConfig
 from tltk.engine.features import FeatureCache
 from tltk.errors import TltkError
+from tltk.log import silent
 from tltk.methods.tuning import (
     SearchSpace,
     TransferHyperModel,
@@ -104,7 +105,7 @@ def test_user_errors_are_one_line(tmp_path, monkeypatch):
     monkeypatch.delenv("KERASTUNER_ORACLE_IP")
     bad = config.override({"data.path": str(tmp_path / "missing"), "data.dataset": "folder"})
     with pytest.raises(TltkError, match="missing"):  # reported once, not as 3 failed trials
-        tune(bad, max_trials=3, out=tmp_path / "bad", verbose=False)
+        tune(bad, max_trials=3, out=tmp_path / "bad", say=silent)
 
 
 @pytest.fixture(scope="module")
@@ -139,11 +140,11 @@ def search(tmp_path_factory):
         mp.setattr(tltk.methods.tuning, "run_stage", interrupting_stage)
         mp.setattr(FeatureCache, "_extract", staticmethod(counting_extract))
         try:
-            tune(config, max_trials=2, out=out, space=SPACE, verbose=False)
+            tune(config, max_trials=2, out=out, space=SPACE, say=silent)
         except KeyboardInterrupt:
             pass
         state["call"] = 2
-        result = tune(config, max_trials=2, out=out, space=SPACE, verbose=False)
+        result = tune(config, max_trials=2, out=out, space=SPACE, say=silent)
     return {"config": config, "out": out, "result": result, "builds": builds,
             "extractions": extractions}
 

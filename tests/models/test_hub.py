@@ -8,6 +8,7 @@ import pytest
 
 from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig
 from tltk.errors import TltkError
+from tltk.log import silent
 from tltk.models import hub
 from tltk.models.backbones import build_backbone, get_backbone
 
@@ -78,16 +79,16 @@ def test_relative_preset_directories_become_absolute(preset, monkeypatch):
 @pytest.mark.slow
 def test_preset_trains_end_to_end_and_saves_stock_keras_layers(preset, tmp_path):
     from tltk.engine.run import train
-    from tltk.evaluation.metrics import load_model
+    from tltk.saving import load_keras_file
 
     config = RunConfig(recipe="test", backbone=f"hub:{preset}",
                        data=DataConfig(dataset="demo", image_size=32, per_class=8),
                        head=HeadConfig(layers=0), batch_size=16, out=str(tmp_path / "run"),
                        stages=[StageConfig("head", epochs=1, unfreeze=0),
                                StageConfig("tune", epochs=1, unfreeze=1, lr=1e-4)])
-    result = train(config, verbose=False)
+    result = train(config, say=silent)
     assert result.history["stage"].tolist() == ["head", "tune"]
-    model = load_model(result.run_dir / "final.keras")  # safe mode
+    model = load_keras_file(result.run_dir / "final.keras")  # safe mode
     inner = [layer for sub in model.layers for layer in getattr(sub, "layers", [sub])]
     # Flattened: no keras_hub class in the saved graph, so it loads without keras-hub.
     assert not any(type(layer).__module__.startswith("keras_hub") for layer in inner)

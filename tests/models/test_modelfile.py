@@ -13,6 +13,7 @@ from tests.conftest import SHARED
 from tltk.cli import main
 from tltk.config import BackboneOptions, DataConfig, HeadConfig, RunConfig, StageConfig
 from tltk.errors import TltkError
+from tltk.log import silent
 from tltk.models import modelfile
 from tltk.models.backbones import (
     block_layers,
@@ -152,7 +153,7 @@ def test_model_file_trains_end_to_end_and_the_run_model_reloads(tmp_path):
                        head=HeadConfig(layers=0), batch_size=16, out=str(tmp_path / "run"),
                        stages=[StageConfig("head", epochs=1, unfreeze=0),
                                StageConfig("tune", epochs=1, unfreeze=1, lr=1e-4)])
-    result = train(config, verbose=False)
+    result = train(config, say=silent)
     assert RunConfig.load(result.run_dir / "config.yaml").backbone == path
     image = tmp_path / "photo.png"
     keras.utils.save_img(image, np.full((40, 30, 3), 128, np.uint8))

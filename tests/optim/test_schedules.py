@@ -13,6 +13,7 @@ import pytest  # noqa: E402
 
 from tltk.config import RunConfig, StageConfig  # noqa: E402
 from tltk.errors import TltkError  # noqa: E402
+from tltk.log import silent
 from tltk.optim.schedules import LinearWarmup, OneCycle, make_lr  # noqa: E402
 
 
@@ -181,7 +182,7 @@ def test_engine_history_follows_the_stage_schedule(tmp_path):
     config = tiny_config(tmp_path / "run", [stage], backbone="scratch",
                          data={"val_fraction": 0.1, "test_fraction": 0.8},
                          head=HeadConfig(layers=0))
-    history = train(config, verbose=False).history
+    history = train(config, say=silent).history
     steps = int(np.ceil(6 * 20 / 16))  # 6 demo classes x 20 training images per class
     schedule = make_lr(stage, steps)
     # The logged rate is the one each epoch's last step used: step (epoch + 1) * steps - 1.

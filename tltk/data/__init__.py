@@ -10,12 +10,8 @@ Example:
 from __future__ import annotations
 
 from tltk.data.core import Dataset, Split, make_pipeline, subsample_per_class, subset
+from tltk.data.sources import SOURCES, register
 from tltk.errors import TltkError
-from tltk.registry import Registry
-
-# name -> loader(cfg: DataConfig, split_seed) -> Dataset; `@register("name")` adds one.
-SOURCES = Registry("--data/dataset")
-register = SOURCES.register
 
 
 def load(cfg, seed: int = 0) -> Dataset:

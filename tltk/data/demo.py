@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tltk.data import register
 from tltk.data.core import Dataset, array_split, stratified_indices
+from tltk.data.sources import register
 
 CLASSES = ["circle", "square", "triangle", "cross", "ring", "stripes"]
 SIZE = 64

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tltk.data import register
 from tltk.data.core import Dataset, Split, file_split, stratified_indices
 from tltk.data.scan import ScannedFile, scan_files
+from tltk.data.sources import register
 from tltk.errors import TltkError
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,13 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+# Why not `keras.layers.MixUp`: a resumed run must see the very mixes of the epochs it
+# re-runs, so every draw here is a stateless function of (run seed, epoch, batch).
+# Keras's layer draws its permutation and weights from its own `SeedGenerator`, whose
+# state advances per call and is not saved with tltk's epoch checkpoints; feeding it
+# per-batch seeds would also change every draw, so the mixup figures already published
+# (README, B1, B6) could no longer be reproduced.
+
 
 def beta_weights(n, alpha: float, seed) -> tf.Tensor:
     """`n` samples of Beta(alpha, alpha) as G1 / (G1 + G2), Gi ~ Gamma(alpha, 1).

@@ -41,8 +41,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tltk.data import register
 from tltk.data.core import AUTOTUNE, Dataset, Split, fingerprint, stratified_indices
+from tltk.data.sources import register
 from tltk.errors import TltkError
 
 DOGS = "stanford_dogs"

@@ -26,9 +26,7 @@ Example::
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import time
 import warnings
 from pathlib import Path
@@ -36,6 +34,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from tltk import faults
 from tltk.config import RunConfig
 from tltk.errors import TltkError
 from tltk.log import keras_chatter
@@ -43,24 +42,6 @@ from tltk.rundir import RunDir, atomic_path, damaged, read_json
 
 BACKUP = "backup"
 STATE_FILE = "state.json"
-
-
-def fault_point(name: str) -> None:
-    """Test hook: signal this process at the point `TLTK_FAULT` names (SIGKILL, or the
-    signal `TLTK_FAULT_SIGNAL` names, e.g. INT for a Ctrl-C).
-
-    Points are `<stage>:<epoch>:mid-epoch`, `<stage>:<epoch>:checkpoint-write` (the
-    new weights are written but not yet renamed into place), `<stage>:end` (the
-    stage is recorded, the next one not begun), `features:<split>:mid-extraction`,
-    `evaluate:start` (final.keras saved, nothing evaluated) and
-    `evaluate:<weights>-<split>` (that split's predictions written); epochs count from 1.
-
-    Example:
-        $ TLTK_FAULT=train:2:mid-epoch tltk train demo --out runs/x   # dies in epoch 2
-    """
-    if os.environ.get("TLTK_FAULT") == name:
-        which = os.environ.get("TLTK_FAULT_SIGNAL", "KILL")
-        os.kill(os.getpid(), getattr(signal, f"SIG{which}"))
 
 
 def resume_config(run_dir: str | Path, recipe: str | None = None) -> RunConfig:
@@ -129,15 +110,18 @@ class EpochCheckpoint(keras.callbacks.Callback):
     async_safe = True
 
     def __init__(self, run: RunDir, stage: str, full_model: keras.Model, trackers,
-                 seconds_before: float = 0.0, frozen: str | None = None):
+                 seconds_before: float = 0.0, frozen_checksum: str | None = None):
         super().__init__()
         self.run, self.stage, self.full_model, self.trackers = run, stage, full_model, trackers
-        self.started, self.seconds_before, self.frozen = time.time(), seconds_before, frozen
+        self.started, self.seconds_before = time.time(), seconds_before
+        # Checksum of the frozen layers below a cached stage's cut: a resume must find them
+        # unchanged, or the cached features no longer match.
+        self.frozen_checksum = frozen_checksum
         self._epoch = 0
 
     def on_train_batch_end(self, batch, logs=None):
         if batch == 1:
-            fault_point(f"{self.stage}:{self._epoch + 1}:mid-epoch")
+            faults.fault_point(f"{self.stage}:{self._epoch + 1}:mid-epoch")
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -147,9 +131,10 @@ class EpochCheckpoint(keras.callbacks.Callback):
         name = f"epoch-{epoch + 1:04d}.weights.h5"
         with atomic_path(folder / name) as tmp:
             self.model.save_weights(tmp)
-            fault_point(f"{self.stage}:{epoch + 1}:checkpoint-write")
+            faults.fault_point(f"{self.stage}:{epoch + 1}:checkpoint-write")
         state = {"stage": self.stage, "epochs_done": epoch + 1, "weights": name,
-                 "seeds": seed_states(self.full_model), "frozen": self.frozen,
+                 "seeds": seed_states(self.full_model),
+                 "frozen_checksum": self.frozen_checksum,
                  "seconds": round(self.seconds_before + time.time() - self.started, 1),
                  **self.trackers.state()}
         self.run.write_json(f"{BACKUP}/{self.stage}/{STATE_FILE}", state)  # the commit
@@ -196,7 +181,7 @@ def _load_weights(run: RunDir, stage: str, model: keras.Model, path: Path,
 
 
 def restore_epoch(run: RunDir, stage: str, fitted: keras.Model, full_model: keras.Model,
-                  trackers, frozen: str | None = None) -> dict | None:
+                  trackers, frozen_checksum: str | None = None) -> dict | None:
     """Load the stage's last commit into `fitted` (compiled) and the trackers.
 
     Returns the committed state (`epochs_done` is the epoch to continue from), or None
@@ -205,7 +190,8 @@ def restore_epoch(run: RunDir, stage: str, fitted: keras.Model, full_model: kera
     state = stage_state(run, stage)
     if state is None:
         return None
-    if state.get("frozen") != frozen:
+    # States written before the rename call the checksum "frozen".
+    if state.get("frozen_checksum", state.get("frozen")) != frozen_checksum:
         raise TltkError(f"cannot resume stage '{stage}' in {run.path}: the frozen layers "
                         "below its cached features have other weights than when it started "
                         "(was --weights changed?); start a new run with another --out")
@@ -252,7 +238,7 @@ def complete_stage(run: RunDir, stage: str, full_model: keras.Model, trackers,
     for done in stages:
         _stage_end_file(run, done["name"]).unlink(missing_ok=True)
     shutil.rmtree(_stage_dir(run, stage), ignore_errors=True)
-    fault_point(f"{stage}:end")
+    faults.fault_point(f"{stage}:end")
 
 
 def restore_stages(run: RunDir, full_model: keras.Model, trackers) -> list[str]:

@@ -19,7 +19,7 @@ import keras
 from tltk.config import RunConfig
 from tltk.data.core import Dataset
 from tltk.engine.callbacks import Trackers
-from tltk.models.backbones import BackboneSpec
+from tltk.models.spec import BackboneSpec
 from tltk.rundir import RunDir
 
 
@@ -41,7 +41,7 @@ class Context:
     k: int
     trackers: Trackers | None
     callbacks: list
-    log: Callable[[str], None]
+    say: Callable[[str], None]  # prints one line of the run's log
     done: list = field(default_factory=list)  # stages a resumed run finished before
     rolled_back: bool = False  # a numerical fault put back the last committed weights
     resumed_seconds: float = 0.0  # training time of the current stage before a resume

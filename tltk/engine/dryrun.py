@@ -31,7 +31,7 @@ from tltk.engine.context import Context
 from tltk.engine.features import AVAILABLE_FRACTION, cache_budget
 from tltk.engine.run import prepare
 from tltk.engine.stage import CachePlan, StagePlan, describe_blocks, describe_optimizer, plan_stage
-from tltk.log import log
+from tltk.log import log, silent
 from tltk.models.backbones import config_backbone
 
 TIMED_BATCHES = 3
@@ -49,7 +49,7 @@ def dry_run(config: RunConfig, say=log) -> list[str]:
         say(text)
 
     with runtime.precision_policy(config.precision):
-        ctx = prepare(config, spec, say=lambda _: None, dry_run=True)
+        ctx = prepare(config, spec, say=silent, dry_run=True)
         out(_header(ctx))
         total = 0.0
         for stage in ctx.config.stages:

@@ -33,8 +33,8 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
+from tltk import faults
 from tltk.data.core import Split, fingerprint
-from tltk.engine.checkpoint import fault_point
 from tltk.log import log
 from tltk.rundir import atomic_path, checksum_path, verify_checksum, write_checksum, write_text
 
@@ -97,7 +97,7 @@ class FeatureCache:
                 filled += len(feats)
                 bar.update(1)
                 if fault and filled == len(feats):
-                    fault_point(fault)
+                    faults.fault_point(fault)
         assert filled == len(out), f"extracted {filled} features for {len(out)} images"
 
 

@@ -28,6 +28,7 @@ import keras
 import pandas as pd
 
 from tltk import data as tltk_data
+from tltk import faults
 from tltk.config import RunConfig
 from tltk.data.core import Dataset
 from tltk.engine import checkpoint, runtime
@@ -41,11 +42,10 @@ from tltk.engine.callbacks import (
 from tltk.engine.context import Context
 from tltk.engine.stage import check_stages, run_stage
 from tltk.errors import TltkError
-from tltk.evaluation.metrics import default_k, evaluate_models, format_table, load_model
+from tltk.evaluation.metrics import default_k, evaluate_models, format_table
 from tltk.evaluation.reports import write_run_report
 from tltk.log import log
 from tltk.models.backbones import (
-    BackboneSpec,
     build_backbone,
     canonical_backbone,
     check_image_size,
@@ -54,7 +54,9 @@ from tltk.models.backbones import (
     weights_label,
 )
 from tltk.models.heads import build_classifier
+from tltk.models.spec import BackboneSpec
 from tltk.rundir import RunDir, save_model, write_csv
+from tltk.saving import load_keras_file
 
 
 @dataclass
@@ -80,8 +82,7 @@ def resolve(config: RunConfig, spec: BackboneSpec, dataset: Dataset) -> RunConfi
                    top_k=config.top_k or default_k(dataset.num_classes))
 
 
-def train(config: RunConfig, verbose: bool = True, on_start=None,
-          callbacks=()) -> RunResult:
+def train(config: RunConfig, say=log, on_start=None, callbacks=()) -> RunResult:
     """Run all stages of `config`, evaluate best and final weights, write the run dir.
 
     When `config.out` holds an unfinished run of the same config, it is resumed after
@@ -97,8 +98,7 @@ def train(config: RunConfig, verbose: bool = True, on_start=None,
     keras.utils.set_random_seed(config.seed)
     with runtime.precision_policy(config.precision), \
             runtime.op_determinism(config.deterministic), strategy.scope():
-        return _train(config, spec, log if verbose else (lambda _: None), strategy, on_start,
-                      callbacks)
+        return _train(config, spec, say, strategy, on_start, callbacks)
 
 
 def _train(config: RunConfig, spec: BackboneSpec, say, strategy=None,
@@ -147,7 +147,7 @@ def _restore(ctx: Context) -> None:
         return
     ctx.done = checkpoint.restore_stages(ctx.run, ctx.model, ctx.trackers)
     if ctx.done:
-        ctx.log(f"resuming: stage(s) {', '.join(ctx.done)} finished before the interruption")
+        ctx.say(f"resuming: stage(s) {', '.join(ctx.done)} finished before the interruption")
 
 
 def _mark_failed(ctx: Context, reason: str, status: str = "failed") -> None:
@@ -219,13 +219,13 @@ def finish(ctx: Context) -> RunResult:
     save_model(model, run.file("final.keras"))
     if not run.file("best.keras").is_file():  # no validation improvement was ever seen
         save_model(model, run.file("best.keras"))
-    checkpoint.fault_point("evaluate:start")
-    models = {"best": load_model(run.file("best.keras")), "final": model}
+    faults.fault_point("evaluate:start")
+    models = {"best": load_keras_file(run.file("best.keras")), "final": model}
     if any(stage.ema is not None for stage in config.stages) and run.file("ema.keras").is_file():
-        models["ema"] = load_model(run.file("ema.keras"))
+        models["ema"] = load_keras_file(run.file("ema.keras"))
     metrics = evaluate_models(models, ctx.dataset, run, ctx.image_size, config.batch_size,
                               ctx.k, config.data.resize, tta=config.tta)
-    ctx.log(f"best weights: epoch {saver.best_epoch + 1} of {saver.epochs_seen}, stage "
+    ctx.say(f"best weights: epoch {saver.best_epoch + 1} of {saver.epochs_seen}, stage "
             f"{saver.best_stage} (val top-1 {100 * saver.best:.2f}%)")
-    ctx.log(format_table(metrics))
+    ctx.say(format_table(metrics))
     return RunResult(run.path, metrics, model, config)

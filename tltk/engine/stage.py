@@ -187,7 +187,7 @@ def run_stage(ctx: Context, stage: StageConfig) -> None:
     if stage.name in ctx.done:
         return
     if not stage.epochs:
-        ctx.log(f"stage {stage.name}: skipped (0 epochs)")
+        ctx.say(f"stage {stage.name}: skipped (0 epochs)")
         checkpoint.complete_stage(ctx.run, stage.name, ctx.model, ctx.trackers,
                                   {"name": stage.name, "skipped": True, "epochs": 0,
                                    "seconds": 0.0})
@@ -196,11 +196,11 @@ def run_stage(ctx: Context, stage: StageConfig) -> None:
     where = {None: "", "pooled": "; head on cached features",
              "activations": "; trainable part on cached activations"}[
         plan.cache.kind if plan.cache else None]
-    ctx.log(f"stage {stage.name}: {stage.epochs} epochs, {describe_blocks(plan.blocks, ctx.spec)}"
+    ctx.say(f"stage {stage.name}: {stage.epochs} epochs, {describe_blocks(plan.blocks, ctx.spec)}"
             f", {plan.trainable:,} trainable weights; recompiling with "
             f"{describe_optimizer(stage)}" + _describe_augment(ctx, stage) + where)
     if plan.cache and plan.cache.over:
-        ctx.log(f"  {plan.cache.over}: training on images instead")
+        ctx.say(f"  {plan.cache.over}: training on images instead")
     for cb in ctx.callbacks:
         cb.stage = stage.name
     started, ctx.resumed_seconds = time.time(), 0.0
@@ -383,7 +383,7 @@ def progress_bar(stream=None) -> int:
 
 
 def _fit(ctx: Context, plan: StagePlan, steps: int, make_train, val_ds,
-         frozen: str | None = None) -> keras.Model:
+         frozen_checksum: str | None = None) -> keras.Model:
     """Compile the plan's model, continue after the stage's last committed epoch, fit
     the rest.
 
@@ -392,17 +392,18 @@ def _fit(ctx: Context, plan: StagePlan, steps: int, make_train, val_ds,
     stage, fitted = plan.stage, plan.fitted
     plan.compile(steps)
     trackers = ctx.trackers
-    state = checkpoint.restore_epoch(ctx.run, stage.name, fitted, ctx.model, trackers, frozen)
+    state = checkpoint.restore_epoch(ctx.run, stage.name, fitted, ctx.model, trackers,
+                                     frozen_checksum)
     first = state["epochs_done"] if state else 0
     if state:
         ctx.resumed_seconds = state["seconds"]
-        ctx.log(f"  resuming stage {stage.name} after epoch {first} of {stage.epochs}")
+        ctx.say(f"  resuming stage {stage.name} after epoch {first} of {stage.epochs}")
     if first >= stage.epochs:
         if stage.ema is not None:  # all epochs were committed before the interruption
             _keep_ema(ctx, fitted, None)
         return fitted
     commit = checkpoint.EpochCheckpoint(ctx.run, stage.name, ctx.model, trackers,
-                                        ctx.resumed_seconds, frozen)
+                                        ctx.resumed_seconds, frozen_checksum)
     guard = NonFiniteLossGuard(stage.name, fix=f"lower stages.{stage.name}.lr (now {stage.lr:g}) "
                                f"or set stages.{stage.name}.clipnorm (e.g. 1.0) in a --config YAML")
     raw = RawWeights() if stage.ema is not None else None
@@ -539,9 +540,9 @@ def _fit_on_features(ctx: Context, plan: StagePlan) -> keras.Model:
     """
     cfg, stage, lower = ctx.config, plan.stage, plan.lower
     cut, views = plan.cache.cut, plan.cache.views
-    frozen = weights_checksum(lower)
-    train = _features(ctx, plan, cut, frozen, "train", views)
-    val = _features(ctx, plan, cut, frozen, "val", 1)[0]
+    frozen_checksum = weights_checksum(lower)
+    train = _features(ctx, plan, cut, frozen_checksum, "train", views)
+    val = _features(ctx, plan, cut, frozen_checksum, "val", 1)[0]
     n = train.shape[1]
     labels = ctx.dataset.splits["train"].labels
     steps = math.ceil(n / cfg.batch_size)
@@ -557,7 +558,7 @@ def _fit_on_features(ctx: Context, plan: StagePlan) -> keras.Model:
                                    cfg.seed, first, stage.epochs, n * views,
                                    mix=plan.mixer, gather=gather)
 
-    return _fit(ctx, plan, steps, make_train, val_ds, frozen)
+    return _fit(ctx, plan, steps, make_train, val_ds, frozen_checksum)
 
 
 def _features(ctx: Context, plan: StagePlan, cut: str, checksum: str, split: str,

@@ -17,9 +17,9 @@ import numpy as np
 import tensorflow as tf
 
 from tltk.errors import TltkError
-from tltk.evaluation.metrics import load_model
 from tltk.evaluation.predict import input_size, load_run_model, run_model_path
 from tltk.rundir import atomic_path, open_run, write_bytes
+from tltk.saving import load_keras_file
 
 WEIGHTS = ("best", "final")
 EXPORT_FORMATS = ("keras", "savedmodel", "tflite")
@@ -81,7 +81,7 @@ def load_exported(path: str | Path, fmt: str):
     """
     path = Path(path)
     if fmt == "keras":
-        model = load_model(path)
+        model = load_keras_file(path)
         return lambda images: np.asarray(model.predict_on_batch(images))
     if fmt == "savedmodel":
         # Keep the loaded object alive: `serve` only holds weak references to its variables.

@@ -16,8 +16,10 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from tltk import faults
 from tltk.data.core import Dataset, make_pipeline
 from tltk.rundir import RunDir, write_csv, write_npz
+from tltk.saving import load_keras_file
 
 WEIGHTS = ("best", "final")
 # The fixed affine views of `flip+affine` TTA, in RandomAffine's (IDG's) parameters.
@@ -96,18 +98,12 @@ def evaluate_models(models: dict, dataset: Dataset, run: RunDir, image_size: int
                     arrays["paths"] = np.asarray(data.paths)
                 if write:
                     write_npz(run.file("predictions") / f"{weights}-{split}.npz", **arrays)
-                    _fault_point(f"evaluate:{weights}-{split}")
+                    faults.fault_point(f"evaluate:{weights}-{split}")
                 rows.append(metrics_rows(weights, split, probs, data.labels, k))
     table = pd.DataFrame(rows, columns=["weights", "split", "top1", "topk", "k"])
     if write:
         write_csv(run.file("metrics.csv"), table)
     return table
-
-
-def _fault_point(name: str) -> None:
-    from tltk.engine.checkpoint import fault_point  # the engine imports this module
-
-    fault_point(name)
 
 
 def format_table(metrics: pd.DataFrame) -> str:
@@ -148,7 +144,7 @@ def evaluate_run(run_dir, which: str = "both", write: bool = False) -> pd.DataFr
     names = WEIGHTS if which == "both" else (which,)
     if which == "both" and run.file("ema.keras").is_file():
         names = (*names, "ema")
-    models = {w: load_model(run.file(f"{w}.keras")) for w in names}
+    models = {w: load_keras_file(run.file(f"{w}.keras")) for w in names}
     for weights, model in models.items():  # a model file from a run on other classes
         check_classes(model, dataset.class_names, run.file(f"{weights}.keras"),
                       run.file("config.yaml"))
@@ -159,11 +155,3 @@ def evaluate_run(run_dir, which: str = "both", write: bool = False) -> pd.DataFr
     print(format_table(table))
     keras.backend.clear_session()
     return table
-
-
-def load_model(path):
-    """Load a tltk `.keras` model in Keras safe mode, after checking the file (see
-    `tltk.saving.load_keras_file`)."""
-    from tltk.saving import load_keras_file
-
-    return load_keras_file(path)

@@ -26,8 +26,9 @@ import pandas as pd
 
 from tltk.errors import TltkError
 from tltk.evaluation.metrics import default_k, metrics_rows, predict_split
-from tltk.models.backbones import BackboneSpec, config_backbone, keras_cache_dir
+from tltk.models.backbones import config_backbone, keras_cache_dir
 from tltk.models.preprocessing import Preprocess
+from tltk.models.spec import BackboneSpec
 from tltk.rundir import RunDir, write_csv, write_npz, write_text
 
 IMAGENET_CLASSES = 1000

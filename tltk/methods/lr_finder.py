@@ -222,6 +222,7 @@ def lr_find_config(config, stage: str | None = None, steps: int = 100, start_lr:
     """
     from tltk.engine.run import prepare
     from tltk.engine.runtime import precision_policy
+    from tltk.log import silent
     from tltk.models.backbones import config_backbone
 
     _check_range(start_lr, end_lr, steps)
@@ -229,7 +230,7 @@ def lr_find_config(config, stage: str | None = None, steps: int = 100, start_lr:
     spec = config_backbone(config)
     keras.utils.set_random_seed(config.seed)
     with precision_policy(config.precision):
-        ctx = prepare(config, spec, say=lambda _: None, dry_run=True)
+        ctx = prepare(config, spec, say=silent, dry_run=True)
         return _lr_find(ctx, ctx.config.stage(chosen.name), steps, start_lr, end_lr, out, say)
 
 

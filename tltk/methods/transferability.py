@@ -29,6 +29,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from scipy.spatial.distance import cdist
+from sklearn.covariance import ledoit_wolf
+from sklearn.decomposition import PCA
 
 from tltk.errors import TltkError
 
@@ -143,33 +146,11 @@ def h_score(features, labels, shrink: bool = True) -> float:
         class_means[rows] = centred[rows].mean(axis=0)
     cov_g = class_means.T @ class_means / len(features)
     if shrink:
-        cov_f, amount = ledoit_wolf(centred)
+        cov_f, amount = ledoit_wolf(centred, assume_centered=True)
         cov_g = (1 - amount) * cov_g
     else:
         cov_f = centred.T @ centred / len(features)
     return float(np.trace(np.linalg.pinv(cov_f, rcond=1e-10, hermitian=True) @ cov_g))
-
-
-def ledoit_wolf(centred: np.ndarray) -> tuple[np.ndarray, float]:
-    """Ledoit & Wolf (2004) shrinkage of the covariance of centred rows towards mu * I.
-
-    Returns the shrunk covariance and the shrinkage amount a in [0, 1].
-
-    Example:
-        >>> x = np.random.default_rng(0).normal(size=(10, 50))  # D > N: S is singular
-        >>> covariance, amount = ledoit_wolf(x - x.mean(axis=0))
-        >>> int(np.linalg.matrix_rank(covariance)), round(amount, 2)
-        (50, 0.8)
-    """
-    n, dims = centred.shape
-    cov = centred.T @ centred / n
-    mu = np.trace(cov) / dims
-    spread = (np.sum(cov ** 2) - 2 * mu * np.trace(cov) + dims * mu ** 2) / dims  # |S-mu I|^2
-    # Mean squared distance of the one-sample estimates x x^T from S, over n^2:
-    # sum_k |x_k x_k^T - S|^2 = sum_k |x_k|^4 - n |S|^2.
-    noise = (np.sum(np.sum(centred ** 2, axis=1) ** 2) - n * np.sum(cov ** 2)) / (n ** 2 * dims)
-    amount = min(noise, spread) / spread if spread > 0 else 1.0
-    return (1 - amount) * cov + amount * mu * np.eye(dims), float(amount)
 
 
 def leep(source_probs, labels) -> float:
@@ -206,35 +187,19 @@ def modified_hausdorff(a, b) -> float:
 
 
 def nearest_distances(a: np.ndarray, b: np.ndarray, max_floats: int = 2 ** 24) -> np.ndarray:
-    """Euclidean distance from each row of `a` to its nearest row of `b`.
-
-    Exact differences (no |x|^2 - 2xy + |y|^2 round-off), chunked over `a` so that at
-    most `max_floats` differences (128 MB) are held at once.
-    """
-    chunk = max(1, max_floats // max(b.size, 1))
-    out = np.empty(len(a))
-    for start in range(0, len(a), chunk):
-        diff = a[start:start + chunk, None, :] - b[None, :, :]
-        out[start:start + chunk] = np.sqrt(np.min(np.sum(diff ** 2, axis=2), axis=1))
-    return out
+    """Euclidean distance from each row of `a` to its nearest row of `b` (scipy's exact
+    `cdist`), chunked over `a` so that at most `max_floats` distances are held at once."""
+    chunk = max(1, max_floats // max(len(b), 1))
+    return np.concatenate([cdist(a[start:start + chunk], b).min(axis=1)
+                           for start in range(0, len(a), chunk)])
 
 
 def pca_project(sets: list[np.ndarray], n_components: int) -> list[np.ndarray]:
-    """Project several [N_i, D] sets onto the top principal axes of their union.
-
-    Uses the eigenvectors of the smaller of the N x N Gram and D x D covariance
-    matrices (for images, N is usually far below D), which gives the same scores.
-    """
+    """Project several [N_i, D] sets onto the top principal axes of their union
+    (scikit-learn's PCA)."""
     union = np.concatenate(sets).astype(np.float64)
-    centred = union - union.mean(axis=0)
-    n_components = min(n_components, *centred.shape)
-    if len(centred) <= centred.shape[1]:
-        values, vectors = np.linalg.eigh(centred @ centred.T)
-        top = np.argsort(values)[::-1][:n_components]
-        scores = vectors[:, top] * np.sqrt(np.maximum(values[top], 0.0))
-    else:
-        values, vectors = np.linalg.eigh(centred.T @ centred)
-        scores = centred @ vectors[:, np.argsort(values)[::-1][:n_components]]
+    n_components = min(n_components, *union.shape)
+    scores = PCA(n_components, svd_solver="full").fit_transform(union)
     bounds = np.cumsum([0, *(len(s) for s in sets)])
     return [scores[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])]
 

@@ -54,11 +54,11 @@ from tltk.engine.runtime import op_determinism, precision_policy
 from tltk.errors import TltkError
 from tltk.log import log
 from tltk.models.backbones import (
-    BackboneSpec,
     check_image_size,
     config_backbone,
     resolve_unfreeze,
 )
+from tltk.models.spec import BackboneSpec
 from tltk.registry import Registry
 from tltk.rundir import RunDir, save_model, write_csv, write_text
 
@@ -366,7 +366,7 @@ def check_distributed_env() -> None:
 
 def tune(config: RunConfig, tuner: str = "random", max_trials: int = 10,
          out: str | Path | None = None, space: SearchSpace | None = None,
-         overwrite: bool = False, verbose: bool = True) -> TuneResult:
+         overwrite: bool = False, say=log) -> TuneResult:
     """Search hyperparameters around `config`; see the module docstring for OUT's files.
 
     Rerunning with the same arguments continues the search (completed trials are not
@@ -393,7 +393,7 @@ def tune(config: RunConfig, tuner: str = "random", max_trials: int = 10,
     space = space or SearchSpace()
     if not is_search_worker():
         _check_same_search(out, config, tuner, space, overwrite)
-    hypermodel = TransferHyperModel(config, out, space, say=log if verbose else _silent)
+    hypermodel = TransferHyperModel(config, out, space, say=say)
     with precision_policy(config.precision), op_determinism(config.deterministic):
         # Workers must not delete the shared folder the chief and other workers use.
         searcher = make_tuner(hypermodel, tuner, max_trials, overwrite and not is_search_worker())
@@ -413,10 +413,6 @@ def tune(config: RunConfig, tuner: str = "random", max_trials: int = 10,
                        f"{100 * trials.iloc[0][OBJECTIVE]:.2f}%; config: "
                        f"{out / 'best_config.yaml'}")
     return TuneResult(out, trials, best, searcher.ran)
-
-
-def _silent(_message: str) -> None:
-    pass
 
 
 

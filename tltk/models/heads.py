@@ -26,8 +26,9 @@ from __future__ import annotations
 import keras
 
 from tltk.config import HeadConfig
-from tltk.models.backbones import BackboneSpec, block_layers
+from tltk.models.backbones import block_layers
 from tltk.models.preprocessing import Preprocess
+from tltk.models.spec import BackboneSpec
 
 
 def build_head(input_dim: int, num_classes: int, cfg: HeadConfig) -> keras.Model:

@@ -33,6 +33,8 @@ from pathlib import Path
 import keras
 
 from tltk.errors import TltkError, unknown_name
+from tltk.models.rebuild import rebuild
+from tltk.models.spec import BackboneSpec
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 DEFAULT_SIZE = 224  # for a model that takes any input size
@@ -104,8 +106,6 @@ def model_spec(model: keras.Model, name: str, options: tuple, source: str,
     `preprocess` is what the source says (a hub preset's converter), `prefix` a layer
     factory put in front of the rebuilt base (that converter's rescaling).
     """
-    from tltk.models.backbones import BackboneSpec
-
     cut_name, block_names, preprocess_option = options
     cut = cut_layer(model, cut_name, source)
     base = keras.Model(model.input, cut.output)
@@ -235,41 +235,6 @@ def given_blocks(base: keras.Model, names: tuple[str, ...], source: str) -> dict
 
 
 # --- building -----------------------------------------------------------------------
-
-def rebuild(model: keras.Model, input_shape, prefix: Callable | None = None,
-            copy_weights: bool = True, name: str | None = None,
-            call: Callable | None = None) -> keras.Model:
-    """`model`'s graph on a new `input_shape` input, with new layers (and its weights).
-
-    New layers, not shared ones: a shared layer's `.output` is its first graph's, and
-    tltk cuts models at layer outputs. `prefix()` makes a layer applied to the raw input
-    first (a preset's rescaling); `call(layer, *args, **kwargs)` replaces each layer
-    call (to add a layer after one). `copy_weights=False` keeps fresh random weights.
-
-    Example::
-
-        rebuild(base, (160, 160, 3)).input_shape
-        # (None, 160, 160, 3)
-    """
-    inputs = keras.Input(input_shape, name=f"{name or model.name}_input")
-    state = {}
-    call = call or (lambda layer, *args, **kwargs: layer(*args, **kwargs))
-
-    def call_with_prefix(layer, *args, **kwargs):
-        if prefix is not None and args and args[0] is inputs:
-            if "x" not in state:
-                state["x"] = prefix()(inputs)
-            args = (state["x"], *args[1:])
-        return call(layer, *args, **kwargs)
-
-    out = keras.models.clone_model(model, input_tensors=inputs, call_function=call_with_prefix)
-    new = keras.Model(out.input, out.output, name=name or model.name)
-    if copy_weights:
-        for layer in model.layers:
-            if layer.weights:
-                new.get_layer(layer.name).set_weights(layer.get_weights())
-    return new
-
 
 def _build_base(loader, cut: str, prefix, input_shape, weights) -> keras.Model:
     """The part of the (re)loaded model below the cut, at `input_shape`.

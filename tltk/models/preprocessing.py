@@ -21,7 +21,9 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-MODES = ("caffe", "torch", "tf", "none")
+from tltk.config import Preprocess, choices
+
+MODES = choices(Preprocess)
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)

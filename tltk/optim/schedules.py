@@ -28,17 +28,6 @@ import keras
 from keras import ops
 
 from tltk.config import StageConfig
-from tltk.errors import TltkError, unknown_name
-
-# Arguments each schedule accepts in `schedule_args`, with their defaults.
-SCHEDULE_ARGS = {
-    "constant": {},
-    "step": {},
-    "cosine": {"min_lr": 0.0},
-    "sgdr": {"period": 10, "t_mul": 2.0, "m_mul": 1.0, "min_lr": 0.0},
-    # fastai's fit_one_cycle defaults: start at lr/25, peak at a quarter, end at lr/1e5.
-    "onecycle": {"pct_start": 0.25, "div_factor": 25.0, "final_div_factor": 1e5},
-}
 
 
 @keras.saving.register_keras_serializable(package="tltk")
@@ -118,13 +107,6 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
         return cls(**config)
 
 
-def schedule_name(stage: StageConfig) -> str:
-    """The effective schedule: a `constant` stage with `lr_steps` is a `step` stage."""
-    if stage.schedule == "constant" and stage.lr_steps:
-        return "step"
-    return stage.schedule
-
-
 def make_lr(stage: StageConfig, steps_per_epoch: int):
     """The learning rate for `stage`: a float, or a serialisable schedule over steps.
 
@@ -133,91 +115,36 @@ def make_lr(stage: StageConfig, steps_per_epoch: int):
         ...                     warmup_epochs=1, schedule_args={"min_lr": 1e-4})
         >>> schedule = make_lr(stage, steps_per_epoch=50)   # 50 warmup + 450 cosine steps
     """
-    name = schedule_name(stage)
-    where = f"stages.{stage.name}"
-    if name not in SCHEDULE_ARGS:
-        raise unknown_name(f"{where}.schedule", name, SCHEDULE_ARGS)
-    args = _schedule_args(stage, name, where)
+    args = stage.schedule_args_checked()  # every schedule field, checked in one place
+    name = stage.effective_schedule()
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be at least 1, got {steps_per_epoch}")
-    if stage.warmup_epochs < 0 or (stage.warmup_epochs and stage.warmup_epochs >= stage.epochs
-                                   and name in ("cosine", "sgdr")):
-        raise TltkError(f"{where}.warmup_epochs: {stage.warmup_epochs} leaves no epochs for "
-                        f"the {name} schedule of a {stage.epochs}-epoch stage; lower it")
-    if stage.warmup_epochs and name == "onecycle":
-        raise TltkError(f"{where}.warmup_epochs: the onecycle schedule warms up by itself "
-                        "(schedule_args.pct_start); set warmup_epochs: 0")
-    if stage.lr_steps and name != "step":
-        raise TltkError(f"{where}.lr_steps: only the step schedule uses lr_steps; "
-                        f"remove them or set schedule: step (got schedule: {name})")
     warmup_steps = stage.warmup_epochs * steps_per_epoch
-    main = _main_schedule(stage, name, args, steps_per_epoch, warmup_steps, where)
+    main = _main_schedule(stage, name, args, steps_per_epoch, warmup_steps)
     if not warmup_steps:
         return main
     offset = 0 if name == "step" else warmup_steps
     return LinearWarmup(main, warmup_steps=warmup_steps, offset=offset)
 
 
-def _schedule_args(stage: StageConfig, name: str, where: str) -> dict:
-    allowed = SCHEDULE_ARGS[name]
-    unknown = sorted(set(stage.schedule_args) - set(allowed))
-    if unknown:
-        valid = ", ".join(allowed) or "none"
-        raise TltkError(f"{where}.schedule_args: unknown key(s) {unknown} for schedule "
-                        f"'{name}'; valid keys: {valid}")
-    return {**allowed, **stage.schedule_args}
-
-
-def _main_schedule(stage, name, args, steps_per_epoch, warmup_steps, where):
+def _main_schedule(stage, name, args, steps_per_epoch, warmup_steps):
     lr = float(stage.lr)
     if name == "constant":
         return lr
     if name == "step":
-        epochs, values = _check_lr_steps(stage.lr_steps, where)
+        epochs, values = stage.lr_steps_checked()
         # Keras keeps values[k] while step <= boundaries[k], so a rate that starts at
         # epoch e has its boundary on the last step of epoch e - 1.
         return keras.optimizers.schedules.PiecewiseConstantDecay(
             [e * steps_per_epoch - 1 for e in epochs], [lr, *values])
     if name == "onecycle":
-        return _one_cycle(lr, stage.epochs * steps_per_epoch, args, where)
-    alpha = _min_lr_fraction(args["min_lr"], lr, where)
+        return OneCycle(lr, stage.epochs * steps_per_epoch, float(args["pct_start"]),
+                        float(args["div_factor"]), float(args["final_div_factor"]))
+    # Keras' cosine schedules express the floor as a fraction of the initial rate.
+    alpha = args["min_lr"] / lr if lr else 0.0
     if name == "cosine":
         decay_steps = stage.epochs * steps_per_epoch - warmup_steps
         return keras.optimizers.schedules.CosineDecay(lr, decay_steps=decay_steps, alpha=alpha)
-    if args["period"] <= 0 or args["t_mul"] <= 0:
-        raise TltkError(f"{where}.schedule_args: sgdr needs period > 0 and t_mul > 0")
     return keras.optimizers.schedules.CosineDecayRestarts(
         lr, first_decay_steps=int(round(args["period"] * steps_per_epoch)),
         t_mul=float(args["t_mul"]), m_mul=float(args["m_mul"]), alpha=alpha)
-
-
-def _one_cycle(lr: float, total_steps: int, args: dict, where: str) -> OneCycle:
-    if not 0 < args["pct_start"] < 1 or args["div_factor"] < 1 or args["final_div_factor"] < 1:
-        raise TltkError(f"{where}.schedule_args: onecycle needs 0 < pct_start < 1, "
-                        f"div_factor >= 1 and final_div_factor >= 1 (got {args})")
-    return OneCycle(lr, total_steps, float(args["pct_start"]), float(args["div_factor"]),
-                    float(args["final_div_factor"]))
-
-
-def _check_lr_steps(lr_steps, where: str) -> tuple[list[int], list[float]]:
-    if not lr_steps:
-        raise TltkError(f"{where}.lr_steps: the step schedule needs [epoch, lr] pairs, "
-                        "e.g. lr_steps: [[25, 0.001]]")
-    try:
-        epochs = [int(epoch) for epoch, _ in lr_steps]
-        values = [float(lr) for _, lr in lr_steps]
-    except (TypeError, ValueError):
-        raise TltkError(f"{where}.lr_steps: expected [epoch, lr] pairs, got {lr_steps!r}") \
-            from None
-    if any(b <= a for a, b in zip(epochs, epochs[1:])) or epochs[0] < 1:
-        raise TltkError(f"{where}.lr_steps: epochs must be increasing and at least 1, "
-                        f"got {epochs}")
-    return epochs, values
-
-
-def _min_lr_fraction(min_lr: float, lr: float, where: str) -> float:
-    # Keras' cosine schedules express the floor as a fraction of the initial rate.
-    if not 0 <= min_lr <= lr:
-        raise TltkError(f"{where}.schedule_args.min_lr: must lie in [0, lr={lr}], "
-                        f"got {min_lr}")
-    return min_lr / lr if lr else 0.0
