@@ -246,8 +246,8 @@ def _run_tltk(rung, seed, settings, data, folder: Path, started: float) -> dict:
 
 def tltk_result(run: Path, started: float) -> dict:
     """Scores, epochs and plan of a finished tltk run; its clock ends at its last file."""
-    with open(run / "metrics.csv") as f:
-        top1 = {(r["weights"], r["split"]): float(r["top1"]) for r in csv.DictReader(f)}
+    with open(run / "metrics.csv") as f:  # in percent; history.csv in fractions
+        top1 = {(r["weights"], r["split"]): float(r["top1"]) / 100 for r in csv.DictReader(f)}
     with open(run / "history.csv") as f:
         history = list(csv.DictReader(f))
     config = yaml.safe_load((run / "config.yaml").read_text())
