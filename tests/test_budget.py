@@ -139,3 +139,12 @@ def test_dry_run_shows_the_plan_and_trains_nothing(tmp_path):
                      "10m", "--dry-run"], tiny=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "plan for 10.0 min at 32 px" in done.stdout and not out.exists()
+
+
+def test_the_rules_use_b10s_design_split_measurements():
+    figures = json.loads((ROOT / "benchmarks" / "results" / "b10_budget_design.json").read_text())
+    assert figures["split"]["seed"] == 0 and not figures["quick"]
+    derived = figures["derived"]
+    derived["head_val_top1"] = {int(k): v for k, v in derived["head_val_top1"].items()}
+    assert budget.DESIGN == derived
+    assert tuple(sorted(derived["head_val_top1"])) == budget.SIZES

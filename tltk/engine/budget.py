@@ -261,9 +261,12 @@ def plan_budget(config: RunConfig, budget_s: float, started: float, say=print) -
 
     spec = config_backbone(config)
     fixed = config.data.image_size
-    sizes = (fixed,) if fixed else SIZES
-    measured = measure(config, spec, fixed or DESIGN["reference_size"], started)
-    plan = make_plan(budget_s, measured, _stages(config)[0].epochs, sizes)
+    sizes = (fixed,) if fixed else (tuple(s for s in SIZES if s >= spec.min_size)
+                                    or (spec.min_size,))
+    head_epochs = _stages(config)[0].epochs  # a recipe without a head stage fails first
+    measured = measure(config, spec, fixed or max(DESIGN["reference_size"], spec.min_size),
+                       started)
+    plan = make_plan(budget_s, measured, head_epochs, sizes)
     say(plan.describe())
     say(f"  timed on this machine: {1000 * measured.forward:.1f} ms an image through the "
         f"backbone at {measured.size} px ({measured.trace:.1f} s its first call), "
