@@ -498,8 +498,10 @@ def _compile_fastai(model: keras.Model, optimizer: FastaiAdam) -> None:
 # --- Keras guide ----------------------------------------------------------------
 
 def keras_guide_recipe(bb: Backbone, data: Data, clock: Clock) -> Trained:
-    """The guide's frozen stage (20 epochs or 40 % of the budget), then Adam 1e-5."""
-    train = batches(decoded(data, "train"), resize(bb.size), 32, shuffle=True)
+    """The guide's frozen stage (20 epochs or 40 % of the budget), then Adam 1e-5 with
+    BatchNorm frozen; batches of 64 as the guide's."""
+    train = batches(decoded(data, "train"), resize(bb.size), keras_guide.GUIDE_BATCH,
+                    shuffle=True)
     val = batches(decoded(data, "val"), resize(bb.size), EVAL_BATCH)
     base = bb.load()
     model = keras_guide.guide_model(base, bb.preprocess(), data.num_classes, bb.size,
