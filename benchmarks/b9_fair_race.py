@@ -123,8 +123,9 @@ def label(seconds: float) -> str:
 
 
 FULL = Settings(ladder((120, 360), TRAIN_SEEDS, 1200, 2, 120, TRAIN_SEEDS[:1]))
-# Quick: a look at every part in a few minutes (Lite0 at 64 px, tiny splits).
-QUICK = Settings(ladder((20,), (1,), 30, 1, 20, (1,)), train_per_class=10,
+# Quick: every part once in about ten minutes (Lite0 at 64 px, tiny splits; a run's
+# budget must hold its process's start-up, 5-30 s on two cores).
+QUICK = Settings(ladder((45,), (1,), 60, 1, 45, (1,)), train_per_class=10,
                  few_shot_per_class=4, eval_per_class=4, image_size=64)
 
 

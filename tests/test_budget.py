@@ -96,7 +96,7 @@ def photo_folder(root: Path, per_class: int = 12) -> Path:
 
 @pytest.mark.slow
 def test_a_tiny_model_keeps_a_tiny_budget(tmp_path):
-    seconds = 30.0  # a fresh interpreter's start-up (TensorFlow) is inside it
+    seconds = 40.0  # a fresh interpreter's start-up (TensorFlow, 5-30 s here) is inside it
     run = tmp_path / "run"
     started = time.time()
     photos = photo_folder(tmp_path / "photos")
@@ -106,7 +106,7 @@ def test_a_tiny_model_keeps_a_tiny_budget(tmp_path):
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     wall = time.time() - started
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "plan for 30 s at 32 px" in done.stdout
+    assert "plan for 40 s at 32 px" in done.stdout
     assert wall <= seconds * 1.1, (wall, done.stdout)
     saved = RunConfig.load(run / "config.yaml").budget
     assert saved["seconds"] == seconds and saved["plan"]["head_epochs"] > 0
