@@ -59,12 +59,12 @@ WHOLE_STAGE = {"unfreeze": "all", "optimizer": "adam", "lr": 1e-4, "schedule": "
 # pass's first call, the forward pass's growth with the image side, and the head
 # stage's best val top-1 per size.
 DESIGN = {
-    "ratio_to_forward": {"classifier": 1.0, "head_step": 0.1, "whole_step": 6.0,
-                         "top_cut": 1.0, "top_step": 0.5},
-    "side_exponent": 2.0,
-    "ratio_to_trace": {"trace_head": 1.0, "trace_whole": 10.0, "trace_top": 3.0,
-                       "epoch_overhead": 0.2},
-    "head_val_top1": {128: 0.73, 160: 0.74, 192: 0.74, 224: 0.74},
+    "ratio_to_forward": {"classifier": 0.981, "head_step": 0.044, "whole_step": 3.436,
+                         "top_cut": 1.342, "top_step": 0.195},
+    "side_exponent": 1.18, "reference_size": 192,
+    "ratio_to_trace": {"trace_head": 0.563, "trace_whole": 6.013, "trace_top": 1.042,
+                       "epoch_overhead": 0.092},
+    "head_val_top1": {128: 0.7381, 160: 0.7396, 192: 0.7365, 224: 0.7442},
 }
 MODES = ("none", "top", "whole")  # in the order of how much they train
 
