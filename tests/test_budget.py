@@ -117,7 +117,7 @@ def test_the_plan_survives_resume(tmp_path):
     run, photos = tmp_path / "run", photo_folder(tmp_path / "photos")
     args = ["train", "folder", "--backbone", "tiny", "--image-size", "32", "--data", str(photos),
             "--out", str(run)]
-    killed = tltk_cli([*args, "--budget", "40s"], {"TLTK_FAULT": "bottleneck:2:mid-epoch"},
+    killed = tltk_cli([*args, "--budget", "40s"], {"TLTK_FAULT": "bottleneck:2:checkpoint-write"},
                       tiny=True)
     assert killed.returncode == -9, killed.stderr[-2000:]
     planned = (run / "config.yaml").read_text()

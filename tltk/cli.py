@@ -211,6 +211,9 @@ def train(ctx, recipe, config_file, epochs_head, epochs_finetune, cache_features
     stage_fields = {"epochs_head": epochs_head, "epochs_finetune": epochs_finetune,
                     "cache_features": cache_features}
     if resume_dir:
+        if budget:
+            raise TltkError("--budget: not used with --resume; the run continues the plan in "
+                            "its config.yaml")
         if unfreezing or sets or mixup is not None:
             raise TltkError("--unfreezing/--set/--mixup: not used with --resume; the run "
                             "continues with its own config.yaml")
@@ -224,7 +227,7 @@ def train(ctx, recipe, config_file, epochs_head, epochs_finetune, cache_features
             config = restage(config, unfreezing, unfreeze_blocks)
     callbacks = []
     if budget:
-        config, callbacks = _budgeted(config, budget, resume_dir, stage_fields)
+        config, callbacks = _budgeted(config, budget, stage_fields)
         if dry_run:
             return
     if dry_run:
@@ -237,14 +240,11 @@ def train(ctx, recipe, config_file, epochs_head, epochs_finetune, cache_features
                  callbacks=callbacks)
 
 
-def _budgeted(config, budget, resume_dir, stage_fields):
+def _budgeted(config, budget, stage_fields):
     """`--budget`: the planned config and the Deadline that keeps the run within it."""
     from tltk.engine.budget import Deadline, command_started, parse_duration, plan_budget
 
     seconds = parse_duration(budget)
-    if resume_dir:
-        raise TltkError("--budget: not used with --resume; the run continues the plan in "
-                        "its config.yaml")
     if stage_fields["epochs_head"] is not None or stage_fields["epochs_finetune"] is not None:
         raise TltkError("--budget: it plans the epochs; leave out --epochs-head and "
                         "--epochs-finetune")
