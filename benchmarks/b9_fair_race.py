@@ -257,7 +257,8 @@ def tltk_result(run: Path, started: float) -> dict:
             "val_top1_best": round(max(float(r["val_top1"]) for r in history), 4),
             "test_top1": round(top1["best", "test"], 4),
             "test_top1_final": round(top1["final", "test"], 4), "epochs": len(history),
-            "image_size": config["data"]["image_size"], "plan": config.get("budget"),
+            "image_size": config["data"]["image_size"],
+            "plan": (config.get("budget") or {}).get("plan"),
             "stages": {s["name"]: s["epochs"] for s in config["stages"]}}
 
 
