@@ -310,11 +310,18 @@ def ensemble(runs, out):
 @click.option("--top", type=int, default=5, show_default=True, help="Labels per image.")
 @click.option("--weights", type=click.Choice(["best", "final", "ema"]), default="best")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
-def predict_command(run_dir, images, top, weights, fmt):
-    """Print the top labels of each IMAGE (files or folders, recursively) for a run."""
+@click.option("--labels", type=click.Path(), help="Class names of an exported model, one a "
+              "line (default: the labels.txt beside it).")
+@click.option("--explain", is_flag=True, help="Write a Grad-CAM heatmap of each image.")
+@click.option("--explain-dir", default="gradcam", show_default=True, type=click.Path(),
+              help="Folder for the --explain heatmaps.")
+def predict_command(run_dir, images, top, weights, fmt, labels, explain, explain_dir):
+    """Print the top labels of each IMAGE (files or folders, recursively) for a run
+    directory or an exported model (.keras, .tflite, SavedModel folder)."""
     from tltk.evaluation.predict import format_predictions, predict_files
 
-    results = predict_files(run_dir, images, top=top, weights=weights)
+    results = predict_files(run_dir, images, top=top, weights=weights, labels=labels,
+                            explain=explain_dir if explain else None)
     click.echo(format_predictions(results, fmt))
     failed = [r["path"] for r in results if "error" in r]
     if failed:
@@ -326,18 +333,34 @@ def predict_command(run_dir, images, top, weights, fmt):
 
 @main.command("export")
 @click.argument("run_dir", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["keras", "savedmodel", "tflite"]),
-              required=True)
-@click.option("--out", required=True, type=click.Path(), help="File (.keras/.tflite) or folder.")
+@click.option("--format", "fmt", type=click.Choice(["keras", "savedmodel", "tflite", "all"]),
+              required=True, help="all: every format and TFLite quantization.")
+@click.option("--quantize", type=click.Choice(["none", "dynamic", "float16", "int8"]),
+              default="none", show_default=True,
+              help="TFLite only; int8 is full-integer, calibrated on training images.")
+@click.option("--int8-io", type=click.Choice(["uint8", "int8"]), default="uint8",
+              show_default=True, help="Input and output type of an int8 TFLite model.")
+@click.option("--out", type=click.Path(), help="File (.keras/.tflite) or folder "
+              "(savedmodel, all); default: RUN/exports/.")
 @click.option("--weights", type=click.Choice(["best", "final", "ema"]), default="best")
-def export_command(run_dir, fmt, out, weights):
-    """Export a run's model; the export is checked against the Keras model."""
-    from tltk.evaluation.export import check_export, export_model
+def export_command(run_dir, fmt, quantize, int8_io, out, weights):
+    """Export a run's model, measure it on the run's test split, append RUN/exports.csv."""
+    from tltk.evaluation.export import TFLiteModel
+    from tltk.evaluation.measure import FILE_NAMES, export_and_measure, format_rows
 
-    path = export_model(run_dir, fmt, out, weights)
-    diff = check_export(run_dir, path, fmt, weights)
-    click.echo(f"wrote {path} (max |probability difference| vs Keras on random images: "
-               f"{diff:.2e})")
+    if fmt == "all":
+        rows = export_and_measure(run_dir, list(FILE_NAMES), out_dir=out, weights=weights,
+                                  int8_io=int8_io)
+    else:
+        rows = export_and_measure(run_dir, [(fmt, quantize)], weights=weights,
+                                  int8_io=int8_io, out=out)
+    for row in rows:
+        click.echo(f"wrote {row['file']}")
+        if row["format"] == "tflite":
+            click.echo(f"  {TFLiteModel(row['file']).contract()}")
+    click.echo(format_rows(rows))
+    click.echo(f"{rows[0]['split']} split, {rows[0]['images']} images; appended "
+               f"{len(rows)} row(s) to {os.path.join(run_dir, 'exports.csv')}")
 
 
 full_original_options = _options(
@@ -591,6 +614,36 @@ def data_describe(dataset, data_path, data_dir, out, split, val_fraction, test_f
                      val_fraction=val_fraction, test_fraction=test_fraction)
     for path in files.values():
         click.echo(path)
+
+
+@main.command()
+@click.argument("data")
+@click.option("--recipe", default="folder", show_default=True,
+              help="Recipe whose split, image size and feature cache to audit with.")
+@model_options
+@click.option("--image-size", type=int, help="Input size in pixels (default: backbone's).")
+@click.option("--data-dir", help="tfds data_dir, when DATA names a tfds dataset.")
+@run_options
+@click.option("--threshold", type=float, help="Cosine of pooled features at which two "
+              "images are near duplicates (default 0.92, measured on flowers-128).")
+@click.option("--out", type=click.Path(), help="Folder for audit.csv and audit.html "
+              "(default audit-<data>).")
+@set_option
+def audit(data, recipe, threshold, out, sets, **flags):
+    """Find duplicates, leaks across the split, conflicting labels, likely label errors
+    and odd images in DATA (an image folder, or a dataset name such as flowers)."""
+    from tltk.methods.audit import FEATURE_THRESHOLD
+    from tltk.methods.audit import audit as run_audit
+
+    source = {"data": data} if os.path.isdir(data) else {"dataset": data}
+    if not os.path.isdir(data) and data not in ("demo", "flowers", "dogs", "dogs-v2"):
+        raise TltkError(f"DATA: {data} is neither a folder nor a dataset name (demo, flowers, "
+                        "dogs, dogs-v2); give the image folder's path")
+    config = _config(recipe, None, {**flags, **source}, sets)
+    if os.path.isdir(data):
+        config = config.override({"data.dataset": "folder"})
+    name = os.path.basename(os.path.normpath(data))
+    run_audit(config, out or f"audit-{name}", threshold or FEATURE_THRESHOLD, say=click.echo)
 
 
 if __name__ == "__main__":

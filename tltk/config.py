@@ -79,6 +79,10 @@ class DataConfig:
     # runs that differ only in seed (repeats, ensembles) hold the same val and test
     # images. None: follow the run's seed (older configs saved it that way).
     split_seed: int | None = 0
+    # Keep duplicates (equal bytes or pixels, near-identical thumbnails; see
+    # tltk.data.duplicates) in one split when tltk splits a folder itself. A config.yaml
+    # without this key predates it and keeps its ungrouped split (`RunConfig.from_dict`).
+    group_duplicates: bool = True
     # dogs: also evaluate on `v2`, ImageNetV2's dog classes (needs imagenet_v2 prepared;
     # CLI --no-v2 turns it off).
     v2: bool = True
@@ -314,6 +318,10 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> RunConfig:
+        section = data.get("data") if isinstance(data, dict) else None
+        if isinstance(section, dict) and "group_duplicates" not in section:
+            # Written before duplicate grouping: its run resumes on the split it began with.
+            data = {**data, "data": {**section, "group_duplicates": False}}
         return _build(cls, data, "config")
 
     def to_yaml(self) -> str:

@@ -276,9 +276,18 @@ def verify_checksum(path: Path) -> str | None:
 
 
 def save_model(model, path: Path) -> None:
-    """Save a Keras model to a `.keras` file atomically."""
+    """Save a Keras model to a `.keras` file atomically, without its optimizer.
+
+    A functional model is saved through an uncompiled model over the same layers: the
+    file then holds no compile config, so `keras.models.load_model(path)` needs none of
+    tltk's optimizers and schedules, and no tltk at all (its layers are built-in).
+    """
+    import keras
+
+    inputs = getattr(model, "inputs", None)
+    plain = keras.Model(inputs, model.outputs, name=model.name) if inputs else model
     with atomic_path(path) as tmp:
-        model.save(tmp)
+        plain.save(tmp)
 
 
 class RunDir:

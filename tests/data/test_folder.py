@@ -105,8 +105,11 @@ def test_presplit_layout_skips_bad_files(tmp_path):
 @pytest.mark.realdata
 def test_real_flowers_folder_scans_fast():
     require_shared()
-    ds = load_folder(FLOWERS, val_fraction=0.3, test_fraction=0.0)
+    ds = load_folder(FLOWERS, val_fraction=0.3, test_fraction=0.0, group_duplicates=False)
     assert ds.class_names == ["daisy", "dandelion", "rose", "sunflower", "tulip"]
     assert sum(len(s) for s in ds.splits.values()) == 4317 and ds.skipped == []
-    counts = np.bincount(ds.splits["val"].labels)
-    np.testing.assert_array_equal(counts, np.round(0.3 * np.array([764, 1052, 784, 733, 984])))
+    stratified = np.round(0.3 * np.array([764, 1052, 784, 733, 984]))
+    np.testing.assert_array_equal(np.bincount(ds.splits["val"].labels), stratified)
+    # Keeping duplicate groups whole (the default) moves a few images between splits.
+    grouped = load_folder(FLOWERS, val_fraction=0.3, test_fraction=0.0)
+    np.testing.assert_allclose(np.bincount(grouped.splits["val"].labels), stratified, atol=4)

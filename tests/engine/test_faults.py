@@ -31,7 +31,8 @@ from tltk.saving import load_keras_file
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPLETE = {"config.yaml", "run.json", "classes.json", "history.csv", "best.keras",
-            "final.keras", "metrics.csv", "predictions", "report.md", "report.html", "report"}
+            "final.keras", "metrics.csv", "predictions", "report.md", "report.html", "report",
+            "mistakes.csv", "tensorboard"}
 
 
 def demo_config(out=None, **kw) -> RunConfig:

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 
 from tests.conftest import tiny_config
 from tltk.config import HeadConfig, RunConfig, StageConfig
@@ -51,6 +52,15 @@ def test_stages_switch_optimizer_and_history_spans_them(two_stage_run):
     for name in ("config.yaml", "classes.json", "best.keras", "final.keras", "metrics.csv"):
         assert (result.run_dir / name).is_file(), name
     assert RunConfig.load(result.run_dir / "config.yaml").data.image_size == 32
+    assert run["splits"] == {"train": 90, "val": 180, "test": 180}
+    # TensorBoard: per-epoch loss, accuracy and learning rate for `tensorboard --logdir`.
+    events = list((result.run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert {e.parent.name for e in events} == {"train", "validation"}
+    tags = set()
+    for event in events:
+        for record in tf.compat.v1.train.summary_iterator(str(event)):
+            tags |= {value.tag for value in record.summary.value}
+    assert {"epoch_loss", "epoch_learning_rate"} <= tags
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ SCRIPT = textwrap.dedent("""
     from tltk.models import backbones
     from tltk.config import HeadConfig, StageConfig
     from tltk.engine.run import train
+    from tltk.log import silent
 
     # The top block trains on cached activations of the one below; the head's BatchNorm
     # is frozen while blocks are tuned, so no per-replica batch statistics blur the

@@ -109,6 +109,36 @@ def test_run_report_md_and_self_contained_html(tmp_path):
     assert sorted(per_class["class"]) == CLASSES and per_class["support"].sum() == 12
 
 
+def test_run_report_helps_fix_the_data(tmp_path):
+    run = make_run(tmp_path, "fix")
+    status = {"status": "complete", "splits": {"train": 30, "val": 12, "test": 12},
+              "best": {"epoch": 3, "stage": "finetune"},
+              "stages": [{"name": "head", "seconds": 12.4}, {"name": "finetune", "seconds": 300}]}
+    (run / "run.json").write_text(json.dumps(status))
+    (run / "best.keras").write_bytes(b"model")
+    markdown = reports.write_run_report(run).read_text()
+    assert "Images per split: train 30, val 12, test 12." in markdown
+    assert "Stage time: head 12 s, finetune 5.0 min." in markdown
+    assert f"Best weights: {(run / 'best.keras').resolve()} (epoch 4, stage finetune)." in markdown
+    assert "Per-class precision, recall and F1 (%)" in markdown
+    data = np.load(run / "predictions" / "best-test.npz")
+    predicted = data["probs"].argmax(1)
+    scores = pd.read_csv(run / "report" / "scores-best-test.csv").set_index("class")
+    for index, name in enumerate(CLASSES):
+        hits = np.sum((predicted == index) & (data["labels"] == index))
+        assert scores.loc[name, "recall"] == pytest.approx(100 * hits / 4)
+        if np.sum(predicted == index):
+            assert scores.loc[name, "precision"] == pytest.approx(
+                100 * hits / np.sum(predicted == index))
+    mistakes = pd.read_csv(run / "mistakes.csv")
+    assert list(mistakes.columns) == ["file", "true", "predicted", "confidence", "loss"]
+    assert len(mistakes) == np.sum(predicted != data["labels"])
+    assert mistakes["confidence"].is_monotonic_decreasing
+    first = list(data["paths"]).index(mistakes["file"][0])
+    assert mistakes["loss"][0] == pytest.approx(
+        -np.log(data["probs"][first, data["labels"][first]]), rel=1e-5)
+
+
 def test_run_report_without_paths_explains_missing_grid(tmp_path):
     run = make_run(tmp_path, "demo", with_paths=False)
     markdown = reports.write_run_report(run, split="val").read_text()

@@ -53,10 +53,14 @@ def test_output_layer_stays_float32_under_mixed_precision():
 def test_classifier_takes_raw_pixels_and_round_trips(tmp_path):
     spec = get_backbone("vgg16")
     model = build_classifier(build_backbone(spec, "none", 32), spec, 3, HeadConfig(units=8))
-    assert model.get_layer("preprocess").mode == "caffe"
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    pre = model.get_layer("preprocess")  # caffe: a frozen 1x1 conv, RGB -> BGR minus the mean
+    assert isinstance(pre, keras.layers.Conv2D) and not pre.trainable
+    np.testing.assert_allclose(pre(x), keras.applications.vgg16.preprocess_input(x.copy()),
+                               atol=1e-3)
     model.save(tmp_path / "m.keras")
     again = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    assert not again.get_layer("preprocess").trainable
     np.testing.assert_allclose(model.predict(x, verbose=0), again.predict(x, verbose=0),
                                rtol=1e-5, atol=1e-6)
     assert feature_extractor(model).output_shape == (None, 512)

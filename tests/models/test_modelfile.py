@@ -144,8 +144,8 @@ def test_backbone_options_round_trip_through_yaml_and_set():
 @pytest.mark.slow
 def test_model_file_trains_end_to_end_and_the_run_model_reloads(tmp_path):
     from tltk.engine.run import train
-    from tltk.evaluation.export import check_export, export_model
-    from tltk.evaluation.predict import predict_files
+    from tltk.evaluation.export import export_model, load_exported
+    from tltk.evaluation.predict import load_run_model, predict_files
 
     path = save(tiny_classifier(), tmp_path / "clf.keras")
     config = RunConfig(recipe="test", backbone=path,
@@ -160,7 +160,9 @@ def test_model_file_trains_end_to_end_and_the_run_model_reloads(tmp_path):
     (prediction,) = predict_files(result.run_dir, [image], top=2)
     assert len(prediction["predictions"]) == 2
     exported = export_model(result.run_dir, "keras", tmp_path / "out.keras")
-    assert check_export(result.run_dir, exported, "keras") < 1e-6
+    batch = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(load_exported(exported, "keras")(batch),
+                               load_run_model(result.run_dir).predict_on_batch(batch), atol=1e-6)
 
 
 def test_backbones_command_prints_what_was_inferred(tmp_path):

@@ -84,7 +84,12 @@ def array_split(images: np.ndarray, labels: np.ndarray, tag: str) -> Split:
 
 def decode_image_file(path: tf.Tensor) -> tf.Tensor:
     """Decode a JPEG/PNG/GIF/BMP file to uint8 RGB (first frame of animations)."""
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    return decode_image_bytes(tf.io.read_file(path))
+
+
+def decode_image_bytes(data: tf.Tensor) -> tf.Tensor:
+    """Decode encoded JPEG/PNG/GIF/BMP bytes to uint8 RGB (first frame of animations)."""
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
     return tf.ensure_shape(image, [None, None, 3])
 
 
@@ -139,28 +144,48 @@ def _resize_crop(image: tf.Tensor, size: int) -> tf.Tensor:
 
 
 def stratified_indices(labels: np.ndarray, fractions: dict[str, float], seed: int,
-                       counts: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+                       counts: dict[str, int] | None = None,
+                       groups: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Split indices per class, deterministically for a seed.
 
     Either `fractions` (e.g. {"val": .15, "test": .15}) or fixed per-class `counts`
-    (e.g. {"val": 30, "test": 20}); the remainder goes to "train".
+    (e.g. {"val": 30, "test": 20}); the remainder goes to "train". With `groups` (a group
+    id per example, e.g. duplicates of one photo), each group lands whole in one split:
+    groups are dealt in the class of their first example, and a split takes whole groups
+    until it holds its share. Without groups every example is its own group, which draws
+    exactly the split drawn before groups existed.
 
     Example:
         >>> parts = stratified_indices(np.repeat([0, 1], 10), {"val": .2}, seed=0)
         >>> [len(parts[k]) for k in ("train", "val")]
         [16, 4]
     """
+    labels = np.asarray(labels)
+    groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
+    _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+    members = np.split(np.argsort(inverse, kind="stable"),
+                       np.cumsum(np.bincount(inverse))[:-1])  # examples per group, in order
+    leads = np.zeros(len(labels), bool)
+    leads[first] = True
     rng = np.random.default_rng(seed)
     names = list(counts or fractions)
     out: dict[str, list] = {name: [] for name in ["train", *names]}
     for cls in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == cls))
-        start = 0
+        leaders = np.flatnonzero((labels == cls) & leads)
+        order = rng.permutation(leaders)
+        size = int(np.sum(labels[np.concatenate([members[inverse[i]] for i in leaders])]
+                          == cls)) if len(leaders) else 0
+        position = 0
         for name in names:
-            n = counts[name] if counts else int(round(fractions[name] * len(idx)))
-            out[name].extend(idx[start:start + n])
-            start += n
-        out["train"].extend(idx[start:])
+            n = counts[name] if counts else int(round(fractions[name] * size))
+            taken = 0
+            while position < len(order) and taken < n:
+                group = members[inverse[order[position]]]
+                out[name].extend(group)
+                taken += np.sum(labels[group] == cls)
+                position += 1
+        for leader in order[position:]:
+            out["train"].extend(members[inverse[leader]])
     return {name: np.sort(np.asarray(v, dtype=np.int64)) for name, v in out.items()}
 
 

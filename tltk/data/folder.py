@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from tltk.data.core import Dataset, Split, file_split, stratified_indices
+from tltk.data.duplicates import conflicting_copies, duplicate_groups, signatures
 from tltk.data.scan import ScannedFile, scan_files
 from tltk.data.sources import register
 from tltk.errors import TltkError
@@ -66,6 +67,18 @@ def scan_classes(root: Path, class_names: list[str] | None = None, progress: boo
     return names, used, np.asarray(labels, dtype=np.int32)[keep], result.skipped
 
 
+def scanned_files(root: Path) -> list[ScannedFile]:
+    """Every usable image of a folder dataset, in either layout (from the cached scan).
+
+    Example::
+
+        len(scanned_files(Path("../shared/data/flowers-128")))  # -> 4317
+    """
+    presplit = (root / "train").is_dir() and (root / "val").is_dir()
+    dirs = [root / s for s in SPLIT_DIRS if (root / s).is_dir()] if presplit else [root]
+    return [f for folder in dirs for f in scan_classes(folder, progress=False)[1]]
+
+
 def _check_root(path: str | None) -> Path:
     if not path:
         raise TltkError("--data: the folder dataset needs --data PATH (one subfolder per class)")
@@ -91,10 +104,35 @@ def load_folder(cfg, seed: int = 0) -> Dataset:
     names, files, labels = _drop_empty(root, names, files, labels)
     fractions = {"val": cfg.val_fraction, "test": cfg.test_fraction}
     check_split_sizes(root, names, labels, fractions)
-    parts = stratified_indices(labels, fractions, seed=seed)
+    sigs = signatures(root, files)
+    groups = duplicate_groups(sigs)
+    # An old config (group_duplicates false) keeps the split its runs were made on.
+    parts = stratified_indices(labels, fractions, seed=seed,
+                               groups=groups if getattr(cfg, "group_duplicates", False) else None)
+    warn_duplicates(root, names, sigs, labels, groups, parts)
     splits = {name: _split([files[i] for i in idx], labels[idx], f"folder/{name}/{seed}")
               for name, idx in parts.items() if len(idx)}
     return Dataset(name=root.name, class_names=names, splits=splits, skipped=skipped)
+
+
+def warn_duplicates(root: Path, names: list[str], sigs, labels: np.ndarray,
+                    groups: np.ndarray, parts: dict[str, np.ndarray]) -> None:
+    """One warning line when byte-identical files carry different classes or duplicates
+    straddle the splits, pointing to `tltk audit`."""
+    conflicts = conflicting_copies(sigs, labels)
+    split_of = np.empty(len(labels), object)
+    for name, idx in parts.items():
+        split_of[idx] = name
+    leaked = sum(len(set(split_of[groups == g])) > 1 for g in np.unique(groups))
+    problems = []
+    if conflicts:
+        pairs = sorted({"/".join(sorted({names[labels[i]] for i in group})) for group in conflicts})
+        problems.append(f"{len(conflicts)} byte-identical image(s) filed under two classes "
+                        f"({', '.join(pairs)})")
+    if leaked:
+        problems.append(f"{leaked} duplicate group(s) span train/val/test")
+    if problems:
+        log.warning("warning: %s: %s; see `tltk audit %s`", root, "; ".join(problems), root)
 
 
 def _load_presplit(root: Path) -> Dataset:
@@ -106,12 +144,17 @@ def _load_presplit(root: Path) -> Dataset:
     kept, _, _ = _drop_empty(root / "train", names, files, labels)
     # Re-index labels onto the classes that survived in train/.
     remap = {names.index(name): i for i, name in enumerate(kept)}
-    splits, skipped = {}, []
+    splits, skipped, every, parts = {}, [], ([], []), {}
     for split, (_, files, labels, bad) in scanned.items():
         skipped.extend(bad)
         keep = [i for i, y in enumerate(labels) if y in remap]
         new_labels = np.asarray([remap[labels[i]] for i in keep], dtype=np.int32)
         splits[split] = _split([files[i] for i in keep], new_labels, f"presplit/{split}")
+        parts[split] = len(every[0]) + np.arange(len(keep))
+        every[0].extend(files[i] for i in keep)
+        every[1].extend(new_labels)
+    sigs = signatures(root, every[0])
+    warn_duplicates(root, kept, sigs, np.asarray(every[1]), duplicate_groups(sigs), parts)
     return Dataset(name=root.name, class_names=kept, splits=splits, skipped=skipped)
 
 

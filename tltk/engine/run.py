@@ -194,13 +194,17 @@ def prepare(config: RunConfig, spec: BackboneSpec, say=log, strategy=None,
         + ", ".join(f"{name} {len(s)}" for name, s in dataset.splits.items())
         + (" (resumed)" if run.resumed else ""))
     run.write_json("classes.json", dataset.class_names)
+    run.set_status("running", splits={name: len(s) for name, s in dataset.splits.items()})
     if dataset.skipped:
         skipped = pd.DataFrame(dataset.skipped, columns=["path", "reason"])
         write_csv(run.file("skipped.csv"), skipped)
         say(f"skipped {len(dataset.skipped)} unreadable files: see {run.file('skipped.csv')}")
     model = build_classifier(backbone, spec, dataset.num_classes, config.head)
     trackers = Trackers(HistoryWriter(run), BestModelSaver(model, run))
-    callbacks = [trackers.history, trackers.saver, EpochLogger(say)]
+    # TensorBoard: loss, accuracy and learning rate per epoch, `tensorboard --logdir runs/`.
+    board = keras.callbacks.TensorBoard(str(run.file("tensorboard")), write_graph=False,
+                                        profile_batch=0)
+    callbacks = [trackers.history, trackers.saver, EpochLogger(say), board]
     ctx = Context(config, spec, dataset, model, run, size, config.top_k, trackers, callbacks,
                   say)
     try:

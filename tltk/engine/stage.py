@@ -541,8 +541,8 @@ def _fit_on_features(ctx: Context, plan: StagePlan) -> keras.Model:
     cfg, stage, lower = ctx.config, plan.stage, plan.lower
     cut, views = plan.cache.cut, plan.cache.views
     frozen_checksum = weights_checksum(lower)
-    train = _features(ctx, plan, cut, frozen_checksum, "train", views)
-    val = _features(ctx, plan, cut, frozen_checksum, "val", 1)[0]
+    train = _features(ctx, lower, plan.make_augmenter, cut, frozen_checksum, "train", views)
+    val = _features(ctx, lower, plan.make_augmenter, cut, frozen_checksum, "val", 1)[0]
     n = train.shape[1]
     labels = ctx.dataset.splits["train"].labels
     steps = math.ceil(n / cfg.batch_size)
@@ -561,9 +561,9 @@ def _fit_on_features(ctx: Context, plan: StagePlan) -> keras.Model:
     return _fit(ctx, plan, steps, make_train, val_ds, frozen_checksum)
 
 
-def _features(ctx: Context, plan: StagePlan, cut: str, checksum: str, split: str,
-              views: int) -> np.ndarray:
-    cfg, lower = ctx.config, plan.lower
+def _features(ctx: Context, lower: keras.Model, make_augmenter, cut: str, checksum: str,
+              split: str, views: int) -> np.ndarray:
+    cfg = ctx.config
     # "draws" marks per-batch seeded augmentation: caches of older versions differ.
     key = {"backbone": cache_name(ctx.spec), "cut": cut, "weights": checksum,
            "image_size": ctx.image_size, "preprocess": ctx.spec.preprocess,
@@ -577,7 +577,7 @@ def _features(ctx: Context, plan: StagePlan, cut: str, checksum: str, split: str
         ds = make_pipeline(ctx.dataset.splits[split], ctx.image_size, cfg.batch_size,
                            training=False, seed=cfg.seed, resize_policy=cfg.data.resize,
                            cache=False)
-        augment = plan.make_augmenter(cfg.seed + view) if view else None
+        augment = make_augmenter(cfg.seed + view) if view else None
         if augment is None:
             return ds.map(lambda x, y: x)
         view_seed = streams.epoch_seed(cfg.seed, view)
@@ -589,3 +589,15 @@ def _features(ctx: Context, plan: StagePlan, cut: str, checksum: str, split: str
     cache = FeatureCache(cfg.cache_dir)
     return cache.get(lower, ctx.dataset.splits[split], key, make_inputs, views,
                      desc=f"features {split}")
+
+
+def frozen_features(ctx: Context, split: str) -> np.ndarray:
+    """Pooled features [N, D] of the frozen classifier on one split, from (or into) the
+    very cache a frozen stage trains on, so `tltk audit` leaves `train` nothing to extract.
+
+    Example::
+
+        frozen_features(ctx, "val").shape  # -> (649, 1280)
+    """
+    lower, _, cut = split_at_blocks(ctx.model, ctx.spec, [])
+    return _features(ctx, lower, None, cut, weights_checksum(lower), split, 1)[0]

@@ -48,6 +48,47 @@ def per_class_accuracy(matrix: np.ndarray, class_names: list[str]) -> pd.DataFra
     return frame.sort_values(["accuracy", "class"], kind="stable").reset_index(drop=True)
 
 
+def per_class_scores(matrix: np.ndarray, class_names: list[str]) -> pd.DataFrame:
+    """Precision, recall and F1 (%) per class from a confusion matrix [true, predicted].
+
+    Example:
+        >>> per_class_scores(np.array([[8, 2], [4, 6]]), ["a", "b"]).round(1).values.tolist()
+        [['a', 10, 66.7, 80.0, 72.7], ['b', 10, 75.0, 60.0, 66.7]]
+    """
+    from sklearn.metrics import precision_recall_fscore_support
+
+    classes = np.arange(len(class_names))
+    # The matrix back to one (true, predicted) pair per example; cell [t, p] is ravel t*C+p.
+    true = np.repeat(np.repeat(classes, len(classes)), matrix.ravel())
+    pred = np.repeat(np.tile(classes, len(classes)), matrix.ravel())
+    precision, recall, f1, support = precision_recall_fscore_support(
+        true, pred, labels=classes, zero_division=0)
+    return pd.DataFrame({"class": class_names, "support": support, "precision": 100 * precision,
+                         "recall": 100 * recall, "f1": 100 * f1})
+
+
+def mistakes_table(probs: np.ndarray, labels: np.ndarray, class_names: list[str],
+                   paths=None) -> pd.DataFrame:
+    """Every misclassified example, most confident first: file (or index), true label,
+    predicted label, confidence (%) and loss (cross-entropy of the true label).
+
+    Example:
+        >>> mistakes_table(np.array([[.9, .1], [.3, .7]]), np.array([1, 1]), ["a", "b"],
+        ...                ["x.jpg", "y.jpg"]).round(3).values.tolist()
+        [['x.jpg', 'b', 'a', 90.0, 2.303]]
+    """
+    predicted = probs.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    order = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")]
+    return pd.DataFrame({
+        "file": [str(paths[i]) for i in order] if paths is not None else order,
+        "true": [class_names[labels[i]] for i in order],
+        "predicted": [class_names[predicted[i]] for i in order],
+        "confidence": 100.0 * probs[order, predicted[order]],
+        "loss": -np.log(np.maximum(probs[order, labels[order]].astype(np.float64), 1e-12)),
+    })
+
+
 def most_confused(matrix: np.ndarray, class_names: list[str], n: int = 10) -> pd.DataFrame:
     """The `n` largest off-diagonal cells: true, predicted, count and rate.
 
@@ -105,6 +146,7 @@ class Analysis:
 
     matrix: np.ndarray  # counts [true, predicted]
     per_class: pd.DataFrame
+    scores: pd.DataFrame  # precision, recall, F1 per class
     confused: pd.DataFrame
     mistakes: pd.DataFrame
     top1: float
@@ -126,6 +168,7 @@ def analyse(probs: np.ndarray, labels: np.ndarray, class_names: list[str], paths
     return Analysis(
         matrix=matrix,
         per_class=per_class_accuracy(matrix, class_names),
+        scores=per_class_scores(matrix, class_names),
         confused=most_confused(matrix, class_names, top_pairs),
         mistakes=misclassified(probs, labels, class_names, paths, max_mistakes),
         top1=100.0 * topk_accuracy(probs, labels, 1),

@@ -15,7 +15,6 @@ import pandas as pd
 from tltk.errors import TltkError
 from tltk.evaluation.analysis import average_probs
 from tltk.evaluation.metrics import metrics_rows, predict_split
-from tltk.evaluation.predict import input_size, load_run_model
 from tltk.evaluation.reports import (
     SPLIT_ORDER,
     metrics_table,
@@ -25,6 +24,7 @@ from tltk.evaluation.reports import (
     run_top_k,
     write_table,
 )
+from tltk.evaluation.runmodel import input_size, load_run_model
 from tltk.rundir import REEVALUATE, RunDir, damaged, open_run, write_csv, write_npz
 
 WEIGHTS = ("best", "final")

@@ -146,35 +146,54 @@ def plot_confusion(matrix: np.ndarray, class_names: list[str], path: str | Path,
 
 
 def _thumbnail(path: str, size: int = 160):
+    """(pixels at most `size` on a side, never enlarged; the file's own (width, height))."""
     try:
         with Image.open(path) as image:
+            native = image.size
             image = image.convert("RGB")
             image.thumbnail((size, size))
-            return np.asarray(image)
+            return np.asarray(image), native
     except (OSError, ValueError):
-        return None
+        return None, None
 
 
-def plot_misclassified(mistakes: pd.DataFrame, path: str | Path, columns: int = 4) -> Path:
-    """A grid of misclassified images titled with true and predicted label and confidence.
+def plot_misclassified(mistakes: pd.DataFrame, path: str | Path, columns: int = 4,
+                       cell: int = 160, heatmaps=None) -> Path:
+    """A grid of misclassified images, each titled with its file name, true and predicted
+    label, confidence and its own size.
 
-    `mistakes` is `tltk.evaluation.analysis.misclassified(...)` with its `path` column.
+    Each image is drawn at its own resolution (only images over `cell` pixels are
+    shrunk), in a `cell` x `cell` frame: a 64-px photo looks small, as the network's
+    blown-up input would not show. `mistakes` is `tltk.evaluation.analysis.misclassified(...)`
+    with its `path` column; `heatmaps`, one image per row
+    (`tltk.evaluation.gradcam.mistake_overlays`), replaces each photo with its Grad-CAM
+    overlay, drawn at the photo's size.
     """
     count = max(len(mistakes), 1)
     columns = min(columns, count)
     rows = math.ceil(count / columns)
-    fig = Figure(figsize=(2.6 * columns, 2.9 * rows))
+    fig = Figure(figsize=(2.6 * columns, 3.2 * rows))
     axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
     for ax in axes:
         ax.axis("off")
-    for ax, item in zip(axes, mistakes.itertuples(index=False)):
-        pixels = _thumbnail(item.path)
+    heatmaps = heatmaps or [None] * len(mistakes)
+    for ax, item, heat in zip(axes, mistakes.itertuples(index=False), heatmaps):
+        pixels, native = _thumbnail(item.path, cell)
+        if pixels is not None and heat is not None:
+            pixels = np.asarray(Image.fromarray(heat).resize(pixels.shape[1::-1]))
+        name = Path(item.path).name
+        name = name if len(name) <= 28 else name[:12] + "…" + name[-14:]
         if pixels is None:
             ax.text(0.5, 0.5, "image unreadable", ha="center", va="center", fontsize=8)
+            size = ""
         else:
-            ax.imshow(pixels)
-        ax.set_title(f"true: {item.true}\npred: {item.predicted} ({item.confidence:.0f}%)",
-                     fontsize=8, color="firebrick")
+            ax.imshow(pixels, extent=(0, pixels.shape[1], pixels.shape[0], 0),
+                      interpolation="nearest")
+            ax.set_xlim(0, cell)
+            ax.set_ylim(cell, 0)
+            size = f", {native[0]}x{native[1]}"
+        ax.set_title(f"{name}\ntrue: {item.true}{size}\npred: {item.predicted} "
+                     f"({item.confidence:.0f}%)", fontsize=7, color="firebrick")
     fig.tight_layout()
     return _save(fig, path)
 

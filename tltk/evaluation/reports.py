@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from tltk.errors import TltkError
-from tltk.evaluation import analysis, plots
+from tltk.evaluation import analysis, gradcam, plots
 from tltk.evaluation.metrics import default_k
 from tltk.rundir import REEVALUATE, RunDir, damaged, open_run, read_csv, write_csv, write_text
 
@@ -309,7 +309,36 @@ def _summary(run: RunDir, config: dict, class_names: list[str]) -> str:
              f"dataset: {data.get('dataset', '?')}", f"classes: {len(class_names)}"]
     if stages:
         parts.append(f"stages: {stages}")
-    return "; ".join(parts) + "."
+    return "; ".join(parts) + "." + _timings(run)
+
+
+def _timings(run: RunDir) -> str:
+    """Split sizes, seconds per stage and where the best weights are, from run.json."""
+    status = run.status() or {}
+    text = ""
+    if isinstance(status.get("splits"), dict):
+        text += " Images per split: " + ", ".join(f"{k} {v}" for k, v in
+                                                   status["splits"].items()) + "."
+    stages = [s for s in status.get("stages") or [] if isinstance(s, dict) and "seconds" in s]
+    if stages:
+        text += " Stage time: " + ", ".join(f"{s.get('name')} {_duration(s['seconds'])}"
+                                            for s in stages) + "."
+    if run.file("best.keras").is_file():
+        best = status.get("best") if isinstance(status.get("best"), dict) else {}
+        where = (f" (epoch {best['epoch'] + 1}, stage {best.get('stage')})"
+                 if isinstance(best.get("epoch"), int) else "")
+        text += f" Best weights: {run.file('best.keras').resolve()}{where}."
+    return text
+
+
+def _duration(seconds: float) -> str:
+    """Seconds as `42 s` or `3.5 min`.
+
+    Example:
+        >>> _duration(42.2), _duration(210)
+        ('42 s', '3.5 min')
+    """
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def _metrics_section(doc: _Doc, run: RunDir) -> None:
@@ -359,6 +388,14 @@ def _analysis_section(doc: _Doc, run: RunDir, figures: Path, class_names, picked
     doc.heading(f"Errors: {weights} weights on the {split} split ({result.num_examples} images)")
     doc.image(plots.plot_confusion(result.matrix, class_names, figures / f"confusion-{tag}.png",
                                    title=f"{tag}: confusion (row-normalised)"), "confusion")
+    doc.heading("Per-class precision, recall and F1 (%)", 3)
+    write_csv(figures / f"scores-{tag}.csv", result.scores)
+    doc.table(result.scores)
+    mistakes = analysis.mistakes_table(data["probs"], np.asarray(data["labels"]), class_names,
+                                       data.get("paths"))
+    write_csv(run.file("mistakes.csv"), mistakes)
+    doc.para(f"mistakes.csv lists all {len(mistakes)} misclassified {split} images (file, "
+             "true and predicted label, confidence, loss), most confident first, for relabelling.")
     doc.heading("Most-confused pairs", 3)
     write_csv(figures / f"confused-{tag}.csv", result.confused)
     if result.confused.empty:
@@ -372,8 +409,12 @@ def _analysis_section(doc: _Doc, run: RunDir, figures: Path, class_names, picked
     if result.mistakes.empty:
         doc.para("No misclassified images.")
     elif result.has_paths:
-        doc.image(plots.plot_misclassified(result.mistakes, figures / f"misclassified-{tag}.png"),
-                  "misclassified images")
+        heat = gradcam.mistake_overlays(run.path, weights, result.mistakes["path"])
+        doc.image(plots.plot_misclassified(result.mistakes, figures / f"misclassified-{tag}.png",
+                                           heatmaps=heat), "misclassified images")
+        if heat is not None:
+            doc.para("Grad-CAM of the predicted class at the backbone's last feature map: "
+                     "red marks the regions that drove the wrong prediction.")
     else:
         doc.para(f"The {split} split is not file-backed (its predictions carry no `paths`), "
                  "so no image grid is shown; the mistakes are listed by example index.")

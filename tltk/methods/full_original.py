@@ -27,7 +27,7 @@ import pandas as pd
 from tltk.errors import TltkError
 from tltk.evaluation.metrics import default_k, metrics_rows, predict_split
 from tltk.models.backbones import config_backbone, keras_cache_dir
-from tltk.models.preprocessing import Preprocess
+from tltk.models.preprocessing import preprocess_layer
 from tltk.models.spec import BackboneSpec
 from tltk.rundir import RunDir, write_csv, write_npz, write_text
 
@@ -134,7 +134,7 @@ def include_top_file(spec: BackboneSpec, image_size: int) -> str:
 
 
 def build_imagenet_classifier(spec: BackboneSpec, weights: str, image_size: int):
-    """Raw RGB 0..255 -> Preprocess -> the backbone's own 1000-class ImageNet classifier.
+    """Raw RGB 0..255 -> preprocess -> the backbone's own 1000-class ImageNet classifier.
 
     `weights`: `imagenet` (Keras' cache, else a download), a local include-top weights
     file, or `none` (random weights: for testing the pipeline only). A model file with
@@ -151,7 +151,7 @@ def build_imagenet_classifier(spec: BackboneSpec, weights: str, image_size: int)
         if weights != "none":
             _load_include_top(classifier, spec, Path(weights).expanduser(), image_size)
     inputs = keras.Input(shape, name="image")
-    x = Preprocess(spec.preprocess, name="preprocess")(inputs)
+    x = preprocess_layer(spec.preprocess)(inputs)
     return keras.Model(inputs, classifier(x), name=f"{spec.name}_imagenet")
 
 

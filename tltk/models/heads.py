@@ -1,6 +1,6 @@
 """Grafting a classification head onto a backbone.
 
-The classifier is `image (raw RGB 0..255) -> Preprocess -> backbone -> pool -> head`.
+The classifier is `image (raw RGB 0..255) -> preprocess -> backbone -> pool -> head`.
 `pool` is global average pooling (or flatten, for the scratch baseline); `head` is a
 small model over the pooled vector:
 
@@ -27,7 +27,7 @@ import keras
 
 from tltk.config import HeadConfig
 from tltk.models.backbones import block_layers
-from tltk.models.preprocessing import Preprocess
+from tltk.models.preprocessing import preprocess_layer
 from tltk.models.spec import BackboneSpec
 
 
@@ -60,7 +60,7 @@ def build_classifier(backbone: keras.Model, spec: BackboneSpec, num_classes: int
     """Graft pooling and a new head onto `backbone`; the result takes raw RGB 0..255."""
     size = backbone.input_shape[1]
     inputs = keras.Input((size, size, 3), name="image")
-    x = Preprocess(spec.preprocess, name="preprocess")(inputs)
+    x = preprocess_layer(spec.preprocess)(inputs)
     # A pretrained base always runs in inference mode: BatchNorm keeps its ImageNet
     # statistics even in blocks being fine-tuned (the loss doesn't spike at the switch).
     x = backbone(x, training=False) if spec.pretrained else backbone(x)
@@ -70,7 +70,7 @@ def build_classifier(backbone: keras.Model, spec: BackboneSpec, num_classes: int
 
 
 def source_classifier(spec: BackboneSpec, image_size: int) -> keras.Model:
-    """Raw RGB 0..255 -> Preprocess -> the model file's own classifier (its kept top).
+    """Raw RGB 0..255 -> preprocess -> the model file's own classifier (its kept top).
 
     Example::
 
@@ -79,7 +79,7 @@ def source_classifier(spec: BackboneSpec, image_size: int) -> keras.Model:
     """
     shape = (image_size, image_size, 3)
     inputs = keras.Input(shape, name="image")
-    x = Preprocess(spec.preprocess, name="preprocess")(inputs)
+    x = preprocess_layer(spec.preprocess)(inputs)
     return keras.Model(inputs, spec.top_builder(shape)(x), name=f"{spec.name}_source")
 
 
