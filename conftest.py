@@ -26,7 +26,7 @@ def pytest_collection_finish(session):
 # the other worker busy). They are collected first, so that under
 # `--dist worksteal` (pyproject.toml) the other worker fills the time beside them with
 # short tests, rather than one of them running alone at the end of the suite.
-LONG_FIRST = ("tests/test_notebooks.py", "tests/test_b6_quick.py", "tests/test_realdata.py")
+LONG_FIRST = ("tests/test_notebooks.py", "tests/test_b9_quick.py", "tests/test_realdata.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -12,6 +12,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,9 @@ from tltk.data.core import Dataset, make_pipeline
 from tltk.models.backbones import build_backbone, get_backbone
 from tltk.models.heads import build_classifier
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+# ../shared beside the checkout; TLTK_SHARED points elsewhere (a git worktree's parent
+# has none).
+SHARED = Path(os.environ.get("TLTK_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 FLOWERS = SHARED / "data" / "flowers-128"
 WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_160_dogs19_notop.weights.h5"
 IMAGE_SIZE = 160
@@ -46,8 +49,8 @@ def require_assets() -> None:
 
 
 def flowers_split(per_class: int | None = None, val_fraction: float = 0.3,
-                  test_fraction: float = 0.0) -> tuple[Dataset, DataConfig]:
-    """flowers-128 split stratified with SEED (train optionally subsampled per class).
+                  test_fraction: float = 0.0, seed: int = SEED) -> tuple[Dataset, DataConfig]:
+    """flowers-128 split stratified with `seed` (train optionally subsampled per class).
 
     Example::
 
@@ -57,7 +60,7 @@ def flowers_split(per_class: int | None = None, val_fraction: float = 0.3,
     cfg = DataConfig(dataset="folder", path=str(FLOWERS), image_size=IMAGE_SIZE,
                      val_fraction=val_fraction, test_fraction=test_fraction,
                      per_class=per_class)
-    return tltk_data.load(cfg, seed=SEED), cfg
+    return tltk_data.load(cfg, seed=seed), cfg
 
 
 def flowers_setup(per_class: int | None = None, val_fraction: float = 0.3) -> FlowersSetup:

@@ -1,5 +1,13 @@
 """B6: five transfer-learning recipes on flowers-128, each under the same wall-clock budget.
 
+History: B9 (`benchmarks/b9_fair_race.py`) replaces it. B6's peers were flawed (issue 23):
+its fastai arm kept the model file's BatchNorm momentum (0.99, not PyTorch's 0.1), a new
+optimizer at the unfreeze and augmentation on every image; its Keras-guide arm let
+BatchNorm train during fine-tuning (keras-team/keras#20285); its thesis arm used the dogs
+rate 1e-4; and tltk's defaults were chosen on the very split it scores on (seed 0), one
+run per arm. `benchmarks/peers.py` now holds the fixed peers, so rerunning B6 no longer
+reproduces `results/b6_recipes.json`.
+
 One stratified 70/15/15 split (seed 0), one process, one recipe after the other:
 fastai's `fine_tune`, the Keras transfer-learning guide, MediaPipe Model Maker's image
 classifier, the thesis recipe (all four in plain Keras, `benchmarks/peers.py`, whose
@@ -127,9 +135,11 @@ QUICK = Settings(8.0, 20, 8, None, ("mobilenetv2",))
 
 # --- data -----------------------------------------------------------------------
 
-def flowers_data(settings: Settings) -> Data:
-    """The fixed split; val and test optionally cut to `eval_per_class` per class."""
-    dataset, _ = flowers_split(settings.train_per_class, VAL_FRACTION, TEST_FRACTION)
+def flowers_data(settings: Settings, split_seed: int = SEED) -> Data:
+    """The 70/15/15 split (seed `split_seed`); val and test optionally cut to
+    `eval_per_class` per class."""
+    dataset, _ = flowers_split(settings.train_per_class, VAL_FRACTION, TEST_FRACTION,
+                               split_seed)
     paths, labels = {}, {}
     for name, split in dataset.splits.items():
         keep = np.arange(len(split))
@@ -184,8 +194,10 @@ def scores(models: dict, data: Data, transform) -> dict:
 
 # --- the peers ------------------------------------------------------------------
 
-def run_peer(recipe: str, bb: Backbone, data: Data, budget: float) -> dict:
-    clock = Clock(budget)
+def run_peer(recipe: str, bb: Backbone, data: Data, budget: float,
+             clock: Clock | None = None) -> dict:
+    """Train and score one peer; its clock starts now unless a running `clock` is given."""
+    clock = clock or Clock(budget)
     trained = PEERS[recipe](bb, data, clock)
     wall = clock.elapsed()
     merged = {split: {"final": trained.top1(data, split)} for split in ("val", "test")}

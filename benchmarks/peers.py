@@ -1,4 +1,4 @@
-"""B6's peer recipes in plain Keras, each as its authors document it.
+"""The peer recipes of B6 and B9 in plain Keras, each as its authors document it.
 
 Every recipe takes a `Backbone`, the fixed flowers split (`Data`) and a running `Clock`
 (the wall-clock budget), and hands back the trained model and its per-epoch curve.
@@ -13,22 +13,31 @@ pct_start=0.3, div=5.0)` (fastai/callback/schedule.py):
     (base_lr / lr_mult for the body, base_lr for the head: `default_split`, which
     fastai uses for architectures without their own split, gives two groups),
     `pct_start=0.3`, `div=5`, `div_final=1e5`, momentum cycled 0.95 -> 0.85 -> 0.95;
+  - one optimizer for both cycles: `Learner.fit(..., reset_opt=False)` creates it only
+    `if reset_opt or not self.opt` (fastai/learner.py), so the head's and BatchNorm's
+    Adam moments carry over the unfreeze; a weight frozen in the first cycle gets no
+    gradient there, so its own step count starts at the unfreeze;
   - Adam with `sqr_mom=0.99`, `eps=1e-5` and true weight decay 0.01, none on BatchNorm
     and biases (`wd_bn_bias=False`); plain cross-entropy; batch 64;
   - the `vision_learner` head: concat(avg, max) pool, BN, dropout 0.25, Linear 512
     (no bias), ReLU, BN, dropout 0.5, Linear (no bias), kaiming-normal init;
-  - `aug_transforms()`: flip, rotate 10 deg, zoom up to 1.1, lighting 0.2 (brightness
-    and contrast), reflection padding. Approximated with Keras layers, applied to
-    every image (fastai: to 75 %). Its perspective warp (0.2) is left out: Keras's
-    RandomPerspective fills with black, an artefact fastai's reflection does not have.
+  - every BatchNorm, body and head, at PyTorch's `momentum=0.1`
+    (`running = 0.9 * running + 0.1 * batch`), which is Keras `momentum=0.9`; a Keras
+    model file keeps its own (0.99 in the Lite0, 0.999 in MobileNetV2), so it is reset;
+  - `aug_transforms()` (fastai/vision/augment.py): flip with p 0.5; rotate 10 deg, zoom
+    up to 1.1 and lighting 0.2 (brightness and contrast) each with `p_affine` /
+    `p_lighting` 0.75, drawn per image; reflection padding. Its perspective warp (0.2)
+    is left out: Keras's RandomPerspective fills with black, an artefact fastai's
+    reflection does not have.
   `fine_tune`'s epoch count is the user's choice, so the second cycle is stretched
   over whatever budget is left (progress = seconds spent / seconds left).
 
 Keras guide (keras.io/guides/transfer_learning, fchollet, end-to-end example): see
-`benchmarks.keras_guide`. Batch 32; 20 frozen epochs, then fine-tuning at Adam 1e-5.
-Its 20 : 10 epoch split, with a fine-tuning epoch costing about three frozen ones,
-gives the frozen stage 40 % of the time, so it ends at 20 epochs or 40 % of the
-budget, whichever comes first; fine-tuning runs until the budget is spent.
+`benchmarks.keras_guide`, which freezes BatchNorm for fine-tuning as the current guide
+says. Batch 64 (the guide's `batch_size = 64`); 20 frozen epochs, then fine-tuning at
+Adam 1e-5. Its 20 : 10 epoch split, with a fine-tuning epoch costing about three
+frozen ones, gives the frozen stage 40 % of the time, so it ends at 20 epochs or 40 %
+of the budget, whichever comes first; fine-tuning runs until the budget is spent.
 
 MediaPipe Model Maker image classifier (google-ai-edge/mediapipe,
 mediapipe/model_maker/python/vision/image_classifier/): `hyperparameters.HParams`
@@ -43,14 +52,17 @@ decay_samples // batch_size) steps after a linear warm-up of warmup_epochs, RMSp
 (rho 0.9, momentum 0.9, epsilon 1e-3). `vision/core/image_preprocessing.py`: training
 images get an Inception random crop (area 0.08-1, aspect 3/4-4/3, min covered 0.1,
 10 attempts, else a centre crop) and a horizontal flip; evaluation a centre crop of
-size / (size + 32) of the shorter side; both resized bilinearly.
+size / (size + 32) of the shorter side; both resized bilinearly. `model_spec.py`: the
+EfficientNet-Lite0 spec keeps `ModelSpec`'s default `input_image_shape` [224, 224], so
+every image is resized to 224 px (`MEDIAPIPE["image_size"]`) whatever the photos' size.
 
-Thesis: the head (Dense 256 + dropout 0.5) on cached bottleneck features with Adam
-1e-3 for 30 epochs (tltk's `flowers` protocol), then the top block (BatchNorm frozen,
-in inference mode) with SGD 1e-4, momentum 0.9 (the `dogs` protocol rate) under
+Thesis: its flower protocol, `tltk.recipes.flowers_thesis` (read from its config, not
+restated here): the head (Dense 256 + dropout 0.5) on cached bottleneck features with
+Adam 1e-3 for 30 epochs, then the top block (BatchNorm frozen, in inference mode) with
+SGD 0.004, momentum 0.9, stepped down to 0.001 after 25 epochs, under
 ImageDataGenerator-style augmentation: rotation 10, shifts 0.1, zoom 0.1, horizontal
-flip, reflect fill. Its shear of 0.05 is in degrees, a no-op in effect, so it is
-left out.
+flip, reflect fill. Its shear of 0.05 is in degrees, a no-op in effect, so it is left
+out.
 
 Each backbone keeps its own input scaling inside the model, so every model takes raw
 0-255 RGB. Validation batches hold 32 images for every recipe: the batch size of an
@@ -78,6 +90,9 @@ from keras import ops
 
 from benchmarks import keras_guide
 from benchmarks._flowers import SEED, SHARED, WEIGHTS
+from benchmarks.keras_guide import batchnorm_layers
+from tltk.optim.schedules import make_lr
+from tltk.recipes import flowers_thesis
 
 LITE0 = SHARED / "weights" / "efficientnet_lite0_imagenet.keras"
 EVAL_BATCH = 32
@@ -89,27 +104,35 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 @dataclass(frozen=True)
 class Backbone:
-    """A pretrained feature-map model and how to feed it raw 0-255 RGB."""
+    """A pretrained feature-map model and how to feed it raw 0-255 RGB.
+
+    A `.keras` model file (the Lite0, or a test's tiny stand-in) is cut at its
+    `top_activation` layer and rescales inside; otherwise `path` holds MobileNetV2 weights.
+    """
 
     name: str
     path: Path  # weights file (MobileNetV2) or whole model file (Lite0)
     size: int
     top_block: str  # name prefix of the first layer of the top block
 
+    @property
+    def model_file(self) -> bool:
+        return self.path.suffix == ".keras"
+
     def load(self) -> keras.Model:
         """A fresh copy of the base, up to its last feature map."""
-        if self.name == "lite0":
+        if self.model_file:
             full = keras.models.load_model(self.path)
             return keras.Model(full.input, full.get_layer("top_activation").output,
-                               name="lite0_features")
+                               name=f"{self.name}_features")
         base = keras.applications.MobileNetV2(weights=None, include_top=False,
                                               input_shape=(self.size, self.size, 3))
         base.load_weights(str(self.path))
         return base
 
     def preprocess(self) -> keras.layers.Layer:
-        # Lite0 rescales inside the model file; MobileNetV2 wants [-1, 1].
-        if self.name == "lite0":
+        # The model files rescale inside; MobileNetV2 wants [-1, 1].
+        if self.model_file:
             return keras.layers.Identity()
         return keras.layers.Rescaling(1 / 127.5, offset=-1)
 
@@ -259,33 +282,46 @@ class Trained:
 
 class FastaiAdam(keras.optimizers.Optimizer):
     """fastai's Adam: debiased moments (`sqr_mom` 0.99, eps 1e-5), true weight decay
-    (lr * wd, skipped on 1-D weights: BatchNorm and biases) and a rate multiplier per
-    variable (discriminative rates). `mom` is a variable for `OneCycle` to cycle.
+    (lr * wd, skipped on 1-D weights: BatchNorm and biases) and the body's rate scaled
+    by `body_mult` (discriminative rates). `mom` and `body_mult` are variables, so one
+    optimizer serves both of `fine_tune`'s cycles; each weight counts its own steps
+    (fastai's `step_stat`), so a weight frozen in the first cycle debiases from its first.
 
-    Example:
-        >>> opt = FastaiAdam(lambda v: 0.01 if id(v) in body else 1.0)
+    Build it with every weight it will ever train (`build(variables)`), frozen ones too:
+    a Keras optimizer refuses weights it was not built with.
+
+    Example::
+
+        opt = FastaiAdam(lambda v: id(v) in body)
+        opt.body_mult.assign(0.01)  # the body at a hundredth of the head's rate
     """
 
-    def __init__(self, lr_mult: Callable, wd: float = 0.01, sqr_mom: float = 0.99,
+    def __init__(self, in_body: Callable, wd: float = 0.01, sqr_mom: float = 0.99,
                  eps: float = 1e-5, name: str = "fastai_adam"):
         super().__init__(learning_rate=1e-3, name=name)
-        self.lr_mult, self.wd, self.sqr_mom, self.eps = lr_mult, wd, sqr_mom, eps
+        self.in_body, self.wd, self.sqr_mom, self.eps = in_body, wd, sqr_mom, eps
         self.mom = keras.Variable(0.9, trainable=False, name="mom")
+        self.body_mult = keras.Variable(1.0, trainable=False, name="body_mult")
 
     def build(self, var_list):
         if self.built:
             return
         super().build(var_list)
         self._avg, self._sqr = self.add_optimizer_variables(var_list, ["avg", "sqr"])
-        self._mults = [float(self.lr_mult(v)) for v in var_list]
+        self._steps = [self.add_variable((), initializer="zeros", name=f"step_{i}")
+                       for i in range(len(var_list))]
+        self._body = [bool(self.in_body(v)) for v in var_list]
         self._decay = [len(v.shape) > 1 for v in var_list]
 
     def update_step(self, gradient, variable, learning_rate):
         i = self._get_variable_index(variable)
-        lr = ops.cast(learning_rate, variable.dtype) * self._mults[i]
+        lr = ops.cast(learning_rate, variable.dtype)
+        if self._body[i]:
+            lr = lr * ops.cast(self.body_mult, variable.dtype)
         grad = ops.cast(gradient, variable.dtype)
         mom = ops.cast(self.mom, variable.dtype)
-        step = ops.cast(self.iterations + 1, variable.dtype)
+        self.assign_add(self._steps[i], 1.0)
+        step = ops.cast(self._steps[i], variable.dtype)
         if self._decay[i]:
             self.assign(variable, variable * (1 - lr * self.wd))
         avg, sqr = self._avg[i], self._sqr[i]
@@ -343,53 +379,103 @@ class OneCycle(keras.callbacks.Callback):
         self.step += 1
 
 
+FASTAI_BN_MOMENTUM = 0.9  # PyTorch's BatchNorm momentum 0.1, in Keras's convention
+FASTAI_P_AFFINE = FASTAI_P_LIGHTING = 0.75  # aug_transforms' p_affine and p_lighting
+
+
+class RandomApply(keras.layers.Layer):
+    """`layer` applied to each image of a batch with probability `rate`, else the image
+    unchanged (fastai draws every transform per image with its own p).
+
+    Example::
+
+        RandomApply(keras.layers.RandomRotation(10 / 360), 0.75)(images, training=True)
+    """
+
+    def __init__(self, layer: keras.layers.Layer, rate: float, seed: int | None = None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.layer, self.rate = layer, rate
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=None):
+        if not training:
+            return images
+        draw = keras.random.uniform(ops.shape(images)[:1], seed=self.seed_generator)
+        chosen = ops.reshape(draw < self.rate, (-1, 1, 1, 1))
+        return ops.where(chosen, self.layer(images, training=True), images)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
 def fastai_augmentation() -> keras.Sequential:
+    # No layer seeds: the training seed (keras.utils.set_random_seed) drives the draws.
+    sometimes = RandomApply
     return keras.Sequential([
-        keras.layers.RandomFlip("horizontal"),
-        keras.layers.RandomRotation(10 / 360, fill_mode="reflect"),
+        keras.layers.RandomFlip("horizontal"),  # Flip(p=0.5)
+        sometimes(keras.layers.RandomRotation(10 / 360, fill_mode="reflect"), FASTAI_P_AFFINE),
         # Negative zoom factors zoom in: up to 1.1x is a crop of 1 / 1.1 of the side.
-        keras.layers.RandomZoom((1 / 1.1 - 1, 0.0), fill_mode="reflect"),
+        sometimes(keras.layers.RandomZoom((1 / 1.1 - 1, 0.0), fill_mode="reflect"),
+                  FASTAI_P_AFFINE),
         # fastai's lighting 0.2 shifts mid-grey by about +-0.1 and scales contrast
         # by 0.8-1.25.
-        keras.layers.RandomBrightness(0.1), keras.layers.RandomContrast(0.2),
+        sometimes(keras.layers.RandomBrightness(0.1), FASTAI_P_LIGHTING),
+        sometimes(keras.layers.RandomContrast(0.2), FASTAI_P_LIGHTING),
     ], name="fastai_augmentation")
 
 
 def fastai_head(features, num_classes: int):
+    def batchnorm(x):  # PyTorch's eps and momentum
+        return keras.layers.BatchNormalization(momentum=FASTAI_BN_MOMENTUM, epsilon=1e-5)(x)
+
     pooled = keras.layers.Concatenate()([keras.layers.GlobalAveragePooling2D()(features),
                                          keras.layers.GlobalMaxPooling2D()(features)])
-    x = keras.layers.BatchNormalization(epsilon=1e-5)(pooled)  # PyTorch's eps
-    x = keras.layers.Dropout(0.25)(x)
+    x = keras.layers.Dropout(0.25)(batchnorm(pooled))
     x = keras.layers.Dense(512, use_bias=False, kernel_initializer="he_normal")(x)
-    x = keras.layers.BatchNormalization(epsilon=1e-5)(keras.layers.ReLU()(x))
-    x = keras.layers.Dropout(0.5)(x)
+    x = keras.layers.Dropout(0.5)(batchnorm(keras.layers.ReLU()(x)))
     return keras.layers.Dense(num_classes, use_bias=False, kernel_initializer="he_normal",
                               activation="softmax")(x)
 
 
 def fastai_fine_tune(bb: Backbone, data: Data, clock: Clock) -> Trained:
-    """fastai's `fine_tune`: a frozen one-cycle epoch, then one cycle on everything."""
+    """fastai's `fine_tune`: a frozen one-cycle epoch, then one cycle on everything,
+    with one optimizer throughout."""
     train = batches(decoded(data, "train"), resize(bb.size), 64, shuffle=True)
     val = batches(decoded(data, "val"), resize(bb.size), EVAL_BATCH)
-    model, base = _fastai_model(bb, data.num_classes)
-    body = {id(v) for v in base.weights}
+    model, base = fastai_model(bb, data.num_classes)
     rec = Recorder(clock, model)
+    optimizer = fastai_optimizer(model, base)
     _train_body(base, batchnorm_only=True)  # freeze() with train_bn=True
-    _compile_fastai(model, body, body_mult=0.1)  # slice(2e-3): earlier groups at lr/10
+    optimizer.body_mult.assign(0.1)  # slice(2e-3): earlier groups at lr/10
+    _compile_fastai(model, optimizer)
     cycle = OneCycle(2e-3, pct_start=0.99, div=25.0, steps=int(train.cardinality()))
     fit_stage(model, rec, "frozen", train, val, 1, [cycle])
     cycle = OneCycle(1e-3, pct_start=0.3, div=5.0, clock=clock)
     fit_stage(model, rec, "unfrozen", train, val, OPEN_ENDED, [cycle],
-              setup=lambda: _unfreeze_fastai(model, base, body))
+              setup=lambda: _unfreeze_fastai(model, base, optimizer))
     return Trained(model, rec, resize(bb.size))
 
 
-def _fastai_model(bb: Backbone, num_classes: int) -> tuple[keras.Model, keras.Model]:
+def fastai_model(bb: Backbone, num_classes: int) -> tuple[keras.Model, keras.Model]:
+    """(classifier, body): augmentation, the body and `vision_learner`'s head, every
+    BatchNorm at PyTorch's momentum."""
     base = bb.load()
+    for layer in batchnorm_layers(base):
+        layer.momentum = FASTAI_BN_MOMENTUM
     inputs = keras.Input((bb.size, bb.size, 3))
     # No training=False: as in PyTorch's train mode, BatchNorm uses batch statistics.
     features = base(bb.preprocess()(fastai_augmentation()(inputs)))
     return keras.Model(inputs, fastai_head(features, num_classes)), base
+
+
+def fastai_optimizer(model: keras.Model, base: keras.Model) -> FastaiAdam:
+    """The one FastaiAdam of a `fine_tune`, built with every weight either cycle trains."""
+    body = {id(v) for v in base.weights}
+    optimizer = FastaiAdam(lambda v: id(v) in body)
+    _train_body(base, batchnorm_only=False)
+    optimizer.build(model.trainable_variables)
+    return optimizer
 
 
 def _train_body(base: keras.Model, batchnorm_only: bool) -> None:
@@ -399,21 +485,23 @@ def _train_body(base: keras.Model, batchnorm_only: bool) -> None:
         layer.trainable = is_bn or not batchnorm_only
 
 
-def _unfreeze_fastai(model: keras.Model, base: keras.Model, body: set) -> None:
+def _unfreeze_fastai(model: keras.Model, base: keras.Model, optimizer: FastaiAdam) -> None:
     _train_body(base, batchnorm_only=False)
-    _compile_fastai(model, body, body_mult=1 / 100)  # slice(1e-3 / 100, 1e-3)
+    optimizer.body_mult.assign(1 / 100)  # slice(1e-3 / 100, 1e-3)
+    _compile_fastai(model, optimizer)  # the same optimizer: its moments carry over
 
 
-def _compile_fastai(model: keras.Model, body: set, body_mult: float) -> None:
-    optimizer = FastaiAdam(lambda v: body_mult if id(v) in body else 1.0)
+def _compile_fastai(model: keras.Model, optimizer: FastaiAdam) -> None:
     model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
 
 
 # --- Keras guide ----------------------------------------------------------------
 
 def keras_guide_recipe(bb: Backbone, data: Data, clock: Clock) -> Trained:
-    """The guide's frozen stage (20 epochs or 40 % of the budget), then Adam 1e-5."""
-    train = batches(decoded(data, "train"), resize(bb.size), 32, shuffle=True)
+    """The guide's frozen stage (20 epochs or 40 % of the budget), then Adam 1e-5 with
+    BatchNorm frozen; batches of 64 as the guide's."""
+    train = batches(decoded(data, "train"), resize(bb.size), keras_guide.GUIDE_BATCH,
+                    shuffle=True)
     val = batches(decoded(data, "val"), resize(bb.size), EVAL_BATCH)
     base = bb.load()
     model = keras_guide.guide_model(base, bb.preprocess(), data.num_classes, bb.size,
@@ -430,7 +518,7 @@ def keras_guide_recipe(bb: Backbone, data: Data, clock: Clock) -> Trained:
 
 MEDIAPIPE = {"learning_rate": 0.001, "batch_size": 2, "epochs": 10, "dropout": 0.2,
              "l2": 1e-4, "label_smoothing": 0.1, "decay_samples": 10000 * 256,
-             "warmup_epochs": 2, "crop_padding": 32}
+             "warmup_epochs": 2, "crop_padding": 32, "image_size": 224}
 
 
 def mediapipe_train_crop(size: int) -> Callable[[tf.Tensor], tf.Tensor]:
@@ -503,6 +591,8 @@ def _mediapipe_optimizer(steps_per_epoch: int) -> keras.optimizers.Optimizer:
 
 # --- thesis ---------------------------------------------------------------------
 
+THESIS = flowers_thesis.config()  # the protocol's numbers, in one place
+
 def thesis_augmentation() -> keras.Sequential:
     return keras.Sequential([
         keras.layers.RandomRotation(10 / 360, fill_mode="reflect"),
@@ -513,19 +603,22 @@ def thesis_augmentation() -> keras.Sequential:
 
 
 def thesis_recipe(bb: Backbone, data: Data, clock: Clock) -> Trained:
-    """Adam head on cached bottleneck features, then SGD 1e-4 on the top block."""
+    """The flowers protocol: an Adam head on cached bottleneck features, then SGD on the
+    top block at 0.004, stepped to 0.001 (`tltk.recipes.flowers_thesis`)."""
+    head_stage, finetune = THESIS.stages
     base, extractor, head, model = _thesis_models(bb, data.num_classes)
     rec = Recorder(clock, model)
     images = {split: decoded(data, split) for split in ("train", "val")}
-    _thesis_head(extractor, head, images, data, bb.size, rec)
+    _thesis_head(extractor, head, images, data, bb.size, rec, head_stage)
+    train = batches(images["train"], resize(bb.size), THESIS.batch_size, shuffle=True)
+    val = batches(images["val"], resize(bb.size), EVAL_BATCH)
 
     def unfreeze():
         _unfreeze_top_block(base, bb.top_block)
-        model.compile(keras.optimizers.SGD(1e-4, momentum=0.9),
+        rate = make_lr(finetune, int(train.cardinality()))  # 0.004, then 0.001 at epoch 25
+        model.compile(keras.optimizers.SGD(rate, momentum=finetune.momentum),
                       "sparse_categorical_crossentropy", metrics=["accuracy"])
 
-    train = batches(images["train"], resize(bb.size), 32, shuffle=True)
-    val = batches(images["val"], resize(bb.size), EVAL_BATCH)
     fit_stage(model, rec, "finetune", train, val, OPEN_ENDED, setup=unfreeze)
     if not model.compiled:  # the budget ended it in the bottleneck stage
         model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -539,28 +632,29 @@ def _thesis_models(bb: Backbone, num_classes: int):
     inputs = keras.Input((bb.size, bb.size, 3))
     pool = keras.layers.GlobalAveragePooling2D()
     extractor = keras.Model(inputs, pool(base(bb.preprocess()(inputs), training=False)))
+    spec = THESIS.head  # Dense 256, dropout 0.5
     head = keras.Sequential([
         keras.Input((extractor.output_shape[-1],)),
-        keras.layers.Dense(256, activation="relu"), keras.layers.Dropout(0.5),
+        keras.layers.Dense(spec.units, activation="relu"), keras.layers.Dropout(spec.dropout),
         keras.layers.Dense(num_classes, activation="softmax")], name="head")
     augmented = base(bb.preprocess()(thesis_augmentation()(inputs)), training=False)
     return base, extractor, head, keras.Model(inputs, head(pool(augmented)))
 
 
 def _thesis_head(extractor, head, images: dict, data: Data, size: int,
-                 rec: Recorder) -> None:
+                 rec: Recorder, stage) -> None:
     """The bottleneck stage: features computed once (unaugmented), the head fit on them."""
     def features(split):
         ds = batches(images[split], resize(size), EVAL_BATCH)
         return extractor.predict(ds.map(lambda x, y: x), verbose=0)
 
     x_train, x_val = features("train"), features("val")
-    head.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy",
+    head.compile(keras.optimizers.Adam(stage.lr), "sparse_categorical_crossentropy",
                  metrics=["accuracy"])
     train = tf.data.Dataset.from_tensor_slices((x_train, data.labels["train"]))
-    train = train.shuffle(len(x_train), seed=SEED).batch(32)
+    train = train.shuffle(len(x_train), seed=SEED).batch(THESIS.batch_size)
     val = tf.data.Dataset.from_tensor_slices((x_val, data.labels["val"])).batch(EVAL_BATCH)
-    fit_stage(head, rec, "bottleneck", train, val, 30)
+    fit_stage(head, rec, "bottleneck", train, val, stage.epochs)
 
 
 def _unfreeze_top_block(base: keras.Model, prefix: str) -> None:

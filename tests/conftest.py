@@ -22,7 +22,7 @@ from tltk.config import DataConfig, RunConfig  # noqa: E402
 from tltk.models import backbones  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("TLTK_SHARED") or ROOT.parent / "shared")  # as benchmarks/_flowers
 FLOWERS = SHARED / "data" / "flowers-128"
 MNV2_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_160_dogs19_notop.weights.h5"
 

@@ -23,6 +23,24 @@ def build_tiny(input_shape, weights=None):
     return keras.Model(inputs, x, name="tiny")
 
 
+def tiny_model_file(path, size: int = 32):
+    """A Lite0-shaped stand-in: rescaling inside, BatchNorm at Keras's 0.99, a
+    `block7a_` top block and a `top_activation` feature map."""
+    import keras
+
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Rescaling(1 / 128, offset=-127 / 128)(inputs)
+    x = keras.layers.Conv2D(4, 3, strides=2, name="stem_conv")(x)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.ReLU(name="stem_activation")(x)
+    x = keras.layers.Conv2D(8, 3, strides=2, name="block7a_project_conv")(x)
+    x = keras.layers.BatchNormalization(name="block7a_project_bn")(x)
+    x = keras.layers.ReLU(name="top_activation")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    keras.Model(inputs, keras.layers.Dense(10, name="predictions")(x)).save(path)
+    return path
+
+
 # Frozen stages of a pretrained backbone train on cached features, as VGG16's would.
 TINY = backbones.BackboneSpec(name="tiny", description="a two-block test CNN", builder=build_tiny,
                               preprocess="tf", default_size=32, min_size=32,

@@ -208,9 +208,12 @@ def _config(recipe, config_file, flags, sets=(), **stage_fields):
 @click.option("--dry-run", is_flag=True,
               help="Print the plan, cache sizes against the memory budget and estimated "
                    "times per stage (from a few timed batches); train nothing.")
+@click.option("--budget", metavar="DURATION",
+              help="Wall-clock budget from start to last file, e.g. 90s, 10m, 1.5h: tltk "
+                   "times this machine and plans image size, stages and epochs to fit it.")
 @set_option
 def train(ctx, recipe, config_file, epochs_head, epochs_finetune, cache_features, resume_dir,
-          mixup, unfreezing, unfreeze_blocks, sets, dry_run, **flags):
+          mixup, unfreezing, unfreeze_blocks, sets, dry_run, budget, **flags):
     """Train RECIPE (see `tltk recipes`) and evaluate best and final weights.
 
     Rerunning with the same --out continues an interrupted run, as does --resume RUN_DIR.
@@ -221,6 +224,9 @@ def train(ctx, recipe, config_file, epochs_head, epochs_finetune, cache_features
     stage_fields = {"epochs_head": epochs_head, "epochs_finetune": epochs_finetune,
                     "cache_features": cache_features}
     if resume_dir:
+        if budget:
+            raise TltkError("--budget: not used with --resume; the run continues the plan in "
+                            "its config.yaml")
         if unfreezing or sets or mixup is not None:
             raise TltkError("--unfreezing/--set/--mixup: not used with --resume; the run "
                             "continues with its own config.yaml")
@@ -232,13 +238,32 @@ def train(ctx, recipe, config_file, epochs_head, epochs_finetune, cache_features
         config = _config(recipe, config_file, flags, sets, mixup=mixup, **stage_fields)
         if unfreezing:
             config = restage(config, unfreezing, unfreeze_blocks)
+    callbacks = []
+    if budget:
+        config, callbacks = _budgeted(config, budget, stage_fields)
+        if dry_run:
+            return
     if dry_run:
         from tltk.engine.dryrun import dry_run as plan
 
         plan(config, say=click.echo)
         return
     # Ctrl-C leaves the run directory resumable; the hint names it (see TltkGroup).
-    train_config(config, on_start=lambda run: ctx.obj.update(run_dir=str(run.path)))
+    train_config(config, on_start=lambda run: ctx.obj.update(run_dir=str(run.path)),
+                 callbacks=callbacks)
+
+
+def _budgeted(config, budget, stage_fields):
+    """`--budget`: the planned config and the Deadline that keeps the run within it."""
+    from tltk.engine.budget import Deadline, command_started, parse_duration, plan_budget
+
+    seconds = parse_duration(budget)
+    if stage_fields["epochs_head"] is not None or stage_fields["epochs_finetune"] is not None:
+        raise TltkError("--budget: it plans the epochs; leave out --epochs-head and "
+                        "--epochs-finetune")
+    started = command_started()
+    config = plan_budget(config, seconds, started, say=click.echo)
+    return config, [Deadline(started + config.budget["plan"]["train_until_s"])]
 
 
 def _resume_config(run_dir, recipe, config_file, flags, stage_fields):

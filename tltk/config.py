@@ -308,6 +308,9 @@ class RunConfig:
     # Memory (GB) cached features may take, transient batches included; None: 70 % of
     # the memory available when the stage starts (see tltk.engine.features.cache_budget).
     cache_budget_gb: float | None = None
+    # `tltk train --budget`: the budget (seconds), its plan and what was timed to make it
+    # (tltk.engine.budget); the plan's sizes and epochs are in `data` and `stages`.
+    budget: dict | None = None
 
     def __post_init__(self):
         self.stages = [s if isinstance(s, StageConfig) else _build(StageConfig, s, _where(s))

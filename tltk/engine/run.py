@@ -92,12 +92,13 @@ def resolve(config: RunConfig, spec: BackboneSpec, dataset: Dataset) -> RunConfi
                    top_k=config.top_k or default_k(dataset.num_classes))
 
 
-def train(config: RunConfig, say=log, on_start=None) -> RunResult:
+def train(config: RunConfig, say=log, on_start=None, callbacks=()) -> RunResult:
     """Run all stages of `config`, evaluate best and final weights, write the run dir.
 
     When `config.out` holds an unfinished run of the same config, it is resumed after
     its last committed epoch instead. `on_start(run)` is called once the run directory
-    is open (the CLI names it when Ctrl-C stops the run).
+    is open (the CLI names it when Ctrl-C stops the run). `callbacks` join every stage's
+    `fit` (`--budget`'s Deadline).
     """
     config.validate()
     spec = config_backbone(config)
@@ -107,12 +108,13 @@ def train(config: RunConfig, say=log, on_start=None) -> RunResult:
     keras.utils.set_random_seed(config.seed)
     with runtime.precision_policy(config.precision), \
             runtime.op_determinism(config.deterministic), strategy.scope():
-        return _train(config, spec, say, strategy, on_start)
+        return _train(config, spec, say, strategy, on_start, callbacks)
 
 
 def _train(config: RunConfig, spec: BackboneSpec, say, strategy=None,
-           on_start=None) -> RunResult:
+           on_start=None, callbacks=()) -> RunResult:
     ctx = prepare(config, spec, say, strategy)
+    ctx.callbacks.extend(callbacks)
     try:
         check_stages(ctx)
         if on_start:

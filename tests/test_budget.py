@@ -1,0 +1,150 @@
+"""`tltk train --budget`: the planner's rules, the plan in config.yaml, and real runs that
+keep their budget and resume with their plan.
+
+Example:
+    $ python -m pytest tests/test_budget.py -m "not slow"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.forked import tltk_cli
+from tltk.config import RunConfig
+from tltk.engine import budget
+from tltk.engine.budget import MODES, Measured, apply_plan, make_plan, parse_duration
+from tltk.errors import TltkError
+from tltk.recipes import base_config
+
+ROOT = Path(__file__).resolve().parents[1]
+# Lite0-like costs on flowers-128's 70/15/15 split: 10 ms an image forward at 160 px.
+FLOWERS = Measured(size=160, forward=0.01, trace=1.0, save=0.5, build=5.0, elapsed=8.0,
+                   train=3019, val=649, test=649)
+
+
+def test_durations_read_as_a_user_writes_them():
+    assert parse_duration(" 2m ") == 120 and parse_duration("45") == 45
+    for bad in ("ten minutes", "0s", "-5m", "5d"):
+        with pytest.raises(TltkError, match="--budget: cannot read"):
+            parse_duration(bad)
+
+
+def test_a_larger_budget_never_plans_less_training():
+    plans = [make_plan(seconds, FLOWERS, head_epochs=20) for seconds in range(30, 3600, 15)]
+    for small, large in zip(plans, plans[1:]):
+        mode = MODES.index(large.finetune) - MODES.index(small.finetune)
+        assert mode > 0 or (mode == 0 and large.head_epochs >= small.head_epochs), (small, large)
+        if (large.finetune, large.image_size) == (small.finetune, small.image_size):
+            assert large.views >= small.views  # more augmented views cached, or as many
+            if large.views == small.views:
+                assert large.finetune_epochs >= small.finetune_epochs, (small, large)
+    assert {p.finetune for p in plans} == set(MODES), "every mode is planned somewhere"
+
+
+def test_every_plan_ends_within_its_budget():
+    for seconds in (20, 60, 120, 360, 1200):
+        plan = make_plan(seconds, FLOWERS, head_epochs=20)
+        if plan.head_epochs:
+            assert plan.estimated_s <= seconds * budget.SAFETY + 1e-6, plan
+            assert plan.train_until_s < seconds
+
+
+def test_a_fixed_image_size_is_kept():
+    plan = make_plan(1200, FLOWERS, head_epochs=20, sizes=(128,))
+    assert plan.image_size == 128 and plan.finetune == "whole"
+
+
+def test_the_plan_round_trips_through_config_yaml():
+    plan = make_plan(360, FLOWERS, head_epochs=20)
+    config = apply_plan(base_config("folder"), plan, FLOWERS)
+    again = RunConfig.from_yaml(config.to_yaml())
+    assert again == config
+    assert again.budget["plan"] == dataclasses.asdict(plan)
+    assert again.data.image_size == plan.image_size
+    head, tune = again.stages
+    assert (head.epochs, tune.epochs) == (plan.head_epochs, plan.finetune_epochs)
+
+
+def test_recipes_without_a_head_stage_are_refused():
+    plan = make_plan(360, FLOWERS, head_epochs=20)
+    with pytest.raises(TltkError, match="--budget: recipe 'demo' does not start with a frozen"):
+        apply_plan(base_config("demo"), plan, FLOWERS)
+
+
+# --- real runs ----------------------------------------------------------------------
+
+def photo_folder(root: Path, per_class: int = 12) -> Path:
+    """Three classes of 32-px colour photos, one subfolder each."""
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(("red", "green", "blue")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            image = rng.integers(0, 60, (32, 32, 3), dtype=np.uint8)
+            image[..., label] += 150
+            (root / name / f"{i}.png").write_bytes(tf.io.encode_png(image).numpy())
+    return root
+
+
+@pytest.mark.slow
+def test_a_tiny_model_keeps_a_tiny_budget(tmp_path):
+    seconds = 40.0  # a fresh interpreter's start-up (TensorFlow, 5-30 s here) is inside it
+    run = tmp_path / "run"
+    started = time.time()
+    photos = photo_folder(tmp_path / "photos")
+    done = subprocess.run([sys.executable, "-m", "tests.tiny", "train", "folder", "--backbone",
+                           "tiny", "--image-size", "32", "--data", str(photos), "--out",
+                           str(run), "--budget", f"{seconds:g}s"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    wall = time.time() - started
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "plan for 40 s at 32 px" in done.stdout
+    assert wall <= seconds * 1.1, (wall, done.stdout)
+    saved = RunConfig.load(run / "config.yaml").budget
+    assert saved["seconds"] == seconds and saved["plan"]["head_epochs"] > 0
+
+
+@pytest.mark.slow
+def test_the_plan_survives_resume(tmp_path):
+    run, photos = tmp_path / "run", photo_folder(tmp_path / "photos")
+    args = ["train", "folder", "--backbone", "tiny", "--image-size", "32", "--data", str(photos),
+            "--out", str(run)]
+    killed = tltk_cli([*args, "--budget", "40s"], {"TLTK_FAULT": "bottleneck:2:checkpoint-write"},
+                      tiny=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    planned = (run / "config.yaml").read_text()
+    done = tltk_cli(["train", "--resume", str(run)], tiny=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (run / "config.yaml").read_text() == planned
+    plan = RunConfig.load(run / "config.yaml").budget["plan"]
+    stages = json.loads((run / "run.json").read_text())["stages"]
+    assert stages[0]["epochs"] == plan["head_epochs"]
+    refused = tltk_cli(["train", "--resume", str(run), "--budget", "1m"], tiny=True)
+    assert refused.returncode == 2 and "--budget: not used with --resume" in refused.stderr
+
+
+@pytest.mark.slow
+def test_dry_run_shows_the_plan_and_trains_nothing(tmp_path):
+    out = tmp_path / "run"
+    done = tltk_cli(["train", "folder", "--backbone", "tiny", "--image-size", "32", "--data",
+                     str(photo_folder(tmp_path / "photos")), "--out", str(out), "--budget",
+                     "10m", "--dry-run"], tiny=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "plan for 10.0 min at 32 px" in done.stdout and not out.exists()
+
+
+def test_the_rules_use_b10s_design_split_measurements():
+    figures = json.loads((ROOT / "benchmarks" / "results" / "b10_budget_design.json").read_text())
+    assert figures["split"]["seed"] == 0 and not figures["quick"]
+    derived = figures["derived"]
+    derived["head_val_top1"] = {int(k): v for k, v in derived["head_val_top1"].items()}
+    assert budget.DESIGN == derived
+    assert tuple(sorted(derived["head_val_top1"])) == budget.SIZES

@@ -1,0 +1,351 @@
+"""`tltk train RECIPE --budget DURATION`: plan the run to fit a wall-clock budget.
+
+The budget runs from the command's start to its last file written. Before training a
+few batches are timed on this machine with the dry run's timing (`tltk.engine.dryrun`):
+the frozen backbone's forward pass per image at one size, and one save of the
+classifier. The cost ratios measured once on the design split (flowers-128 split seed 0,
+EfficientNet-Lite0; `benchmarks/results/b10_budget_design.json`, copied into `DESIGN`)
+turn them into the cost of every part at every size in SIZES. The rules then pick:
+
+1. the fine-tuning mode: the whole network on images when at least WHOLE_MIN_EPOCHS
+   fit (B6 on the design split: `folder`'s one-cycle over 5 epochs added 3.1-5.7
+   points to the head), else the top block on cached activations of 4, 2 or 1
+   augmented views when at least TOP_MIN_EPOCHS fit (B6: the cached top block at Adam
+   1e-4 added 1.5-2 points in 10 epochs, 4.2 in 75), else none;
+2. the image size: the size the head probe of B10 ranks best among those that afford
+   the best mode, ties within HEAD_TIE to the smaller (cheaper) size;
+3. the head epochs on cached features: the recipe's, fewer when even they do not fit;
+4. the epochs, over which the schedule is stretched (one-cycle for the whole network).
+
+The plan is printed, applied to the config (image size, stages) and saved in
+config.yaml under `budget`, so `--resume` continues it unchanged. A `Deadline` callback
+stops training if the run falls behind its plan, so that the final evaluation still
+ends within the budget plus 10 %.
+
+Example::
+
+    config = plan_budget(folder_config, parse_duration("6m"), started=time.time())
+    config.budget["plan"]["finetune"]  # 'whole'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import keras
+
+from tltk.config import RunConfig
+from tltk.errors import TltkError
+
+SIZES = (128, 160, 192, 224)
+WHOLE_MIN_EPOCHS = 5
+TOP_MIN_EPOCHS = 10
+TOP_VIEWS = (4, 2, 1)
+HEAD_TIE = 0.005  # head-probe differences under half a point are noise (B10)
+SAFETY = 0.95  # plan to end at 95 % of the budget; the Deadline guards the rest
+# The fine-tuning stages the planner writes: `folder`'s whole-network one-cycle and the
+# cached top block of B6's `ft_top1_cached` arm, as measured on the design split.
+WHOLE_STAGE = {"unfreeze": "all", "optimizer": "adam", "lr": 1e-4, "schedule": "onecycle",
+               "cache_features": False, "epochs": 1}
+# From results/b10_budget_design.json ("derived"; tests/test_budget.py checks they
+# match): per-image costs as ratios to the frozen backbone's forward pass, fixed costs
+# (first, tracing calls; an epoch's own overhead in fit) as ratios to that forward
+# pass's first call, the forward pass's growth with the image side, and the head
+# stage's best val top-1 per size.
+DESIGN = {
+    "ratio_to_forward": {"classifier": 0.981, "head_step": 0.044, "whole_step": 3.436,
+                         "top_cut": 1.342, "top_step": 0.195},
+    "side_exponent": 1.18, "reference_size": 192,
+    "ratio_to_trace": {"trace_head": 0.563, "trace_whole": 6.013, "trace_top": 1.042,
+                       "epoch_overhead": 0.092},
+    "head_val_top1": {128: 0.7381, 160: 0.7396, 192: 0.7365, 224: 0.7442},
+}
+MODES = ("none", "top", "whole")  # in the order of how much they train
+
+
+def top_stage(views: int) -> dict:
+    """The cached top-block stage with `views` augmented views of every training image."""
+    return {"unfreeze": 1, "optimizer": "adam", "lr": 1e-4, "schedule": "constant",
+            "cache_features": True, "feature_views": views, "epochs": 1}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as `90s`, `10m`, `1.5h` or `600` (seconds).
+
+    Example:
+        >>> parse_duration("10m"), parse_duration("90s"), parse_duration("1.5h")
+        (600.0, 90.0, 5400.0)
+    """
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)\s*", str(text))
+    if not match or float(match.group(1)) <= 0:
+        raise TltkError(f"--budget: cannot read '{text}'; give a duration such as 90s, "
+                        "10m or 1.5h")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Measured:
+    """What was timed on this machine before planning (seconds), and the split sizes."""
+
+    size: int  # the image size the forward pass was timed at
+    forward: float  # per image, the frozen backbone to its pooled features
+    trace: float  # its first call (tracing the graph): fixed costs scale with it
+    save: float  # one save of the classifier (every epoch commits one)
+    build: float  # loading the data and building the classifier once
+    elapsed: float  # since the command started, when the plan is made
+    train: int
+    val: int
+    test: int
+
+    def forward_at(self, size: int) -> float:
+        return self.forward * (size / self.size) ** DESIGN["side_exponent"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The planned run. Seconds count from the command's start."""
+
+    budget_s: float
+    image_size: int
+    head_epochs: int
+    finetune: str  # none | top | whole
+    finetune_epochs: int
+    views: int  # cached augmented views of the top mode (0 otherwise)
+    train_until_s: float  # the Deadline: training stops here at the latest
+    estimated_s: float  # the last file written, as planned
+
+    def describe(self) -> str:
+        """One line a person reads.
+
+        Example:
+            >>> Plan(120, 160, 20, "top", 14, 2, 100.0, 110.0).describe()
+            'plan for 2.0 min at 160 px: head 20 epochs on cached features, then the top \
+block 14 epochs on cached activations (2 views); ends at about 1.8 min'
+        """
+        tuning = {"none": "no fine-tuning",
+                  "top": f"the top block {self.finetune_epochs} epochs on cached "
+                         f"activations ({self.views} views)",
+                  "whole": f"the whole network {self.finetune_epochs} epochs on images "
+                           "(one-cycle)"}[self.finetune]
+        return (f"plan for {_minutes(self.budget_s)} at {self.image_size} px: head "
+                f"{self.head_epochs} epochs on cached features, then {tuning}; ends at about "
+                f"{_minutes(self.estimated_s)}")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 100 else f"{seconds / 60:.1f} min"
+
+
+def make_plan(budget_s: float, measured: Measured, head_epochs: int,
+              sizes: tuple[int, ...] = SIZES) -> Plan:
+    """The plan: the most training any size affords (the fine-tuning mode, then the head
+    epochs), at the best head-probe size among those that afford it (ties to the
+    smaller), with as many epochs as fit.
+
+    Example::
+
+        make_plan(360, Measured(160, 0.01, 1.0, 0.5, 5.0, 8.0, 3019, 649, 649), 20).finetune
+        # 'whole'
+    """
+    plans = [_plan_at(size, budget_s, measured, head_epochs) for size in sizes]
+    best = max(_rank(p) for p in plans)
+    candidates = [p for p in plans if _rank(p) == best]
+    probe = DESIGN["head_val_top1"]
+    top = max(probe.get(p.image_size, 0.0) for p in candidates)
+    return min((p for p in candidates if probe.get(p.image_size, 0.0) >= top - HEAD_TIE),
+               key=lambda p: p.image_size)
+
+
+def _rank(plan: Plan) -> tuple[int, int]:
+    """How much a plan trains: its fine-tuning mode, then its head epochs."""
+    return MODES.index(plan.finetune), plan.head_epochs
+
+
+def _plan_at(size: int, budget_s: float, m: Measured, head_epochs: int) -> Plan:
+    """The plan at one image size (head epochs 0: not even the head fits)."""
+    cost = _Costs(m, size)
+    train_until = budget_s * SAFETY - cost.evaluation
+    left = train_until - m.elapsed - m.build
+    head_fixed = cost.extract(m.train, 1.0) + cost.trace("trace_head")
+    epochs = max(0, min(head_epochs, math.floor((left - head_fixed) / cost.head_epoch)))
+    left -= head_fixed + epochs * cost.head_epoch
+    mode, tuning, views = _finetune(cost, left) if epochs == head_epochs else ("none", 0, 0)
+    spent = {"none": 0.0, "whole": cost.whole(tuning), "top": cost.top(views, tuning)}[mode]
+    estimated = budget_s * SAFETY - (left - spent)
+    return Plan(budget_s, size, epochs, mode, tuning, views, round(train_until, 1),
+                round(estimated, 1))
+
+
+def _finetune(cost: _Costs, left: float) -> tuple[str, int, int]:
+    """(mode, epochs, views) of the fine-tuning `left` seconds afford."""
+    whole = math.floor((left - cost.whole(0)) / cost.whole_epoch)
+    if whole >= WHOLE_MIN_EPOCHS:
+        return "whole", whole, 0
+    for views in TOP_VIEWS:
+        epochs = math.floor((left - cost.top(views, 0)) / cost.top_epoch)
+        if epochs >= TOP_MIN_EPOCHS:
+            return "top", epochs, views
+    return "none", 0, 0
+
+
+class _Costs:
+    """Seconds of each part at one size: per-image costs from the timed forward pass,
+    fixed ones from its timed first call, both through the design ratios."""
+
+    def __init__(self, m: Measured, size: int):
+        per_image = {k: m.forward_at(size) * r for k, r in DESIGN["ratio_to_forward"].items()}
+        self.m, self.forward, self.per_image = m, m.forward_at(size), per_image
+        epoch = m.save + self.trace("epoch_overhead")  # every epoch commits a checkpoint
+        self.head_epoch = epoch + (m.train + m.val) * per_image["head_step"]
+        self.whole_epoch = epoch + m.train * per_image["whole_step"] + m.val * per_image[
+            "classifier"]
+        self.top_epoch = epoch + (m.train + m.val) * per_image["top_step"]
+        # best and final weights on val and test, each model traced once; saving final,
+        # loading best, the report
+        self.evaluation = (2 * (m.val + m.test) * per_image["classifier"] + 2 * m.trace
+                           + 3 * m.save)
+
+    def trace(self, name: str) -> float:
+        return DESIGN["ratio_to_trace"][name] * self.m.trace
+
+    def extract(self, images: float, ratio: float) -> float:
+        """Caching `images` training images and the val split, `ratio` of a forward pass."""
+        return (images + self.m.val) * self.forward * ratio + self.m.trace
+
+    def whole(self, epochs: int) -> float:
+        return self.trace("trace_whole") + epochs * self.whole_epoch
+
+    def top(self, views: int, epochs: int) -> float:
+        extract = self.extract(views * self.m.train, DESIGN["ratio_to_forward"]["top_cut"])
+        return extract + self.trace("trace_top") + epochs * self.top_epoch
+
+
+# --- applying the plan -------------------------------------------------------------
+
+def apply_plan(config: RunConfig, plan: Plan, measured: Measured) -> RunConfig:
+    """`config` with the plan's image size and stages, the plan kept under `budget`."""
+    head, *middle, last = _stages(config)
+    tuning = {"none": {"epochs": 0}, "whole": {**WHOLE_STAGE},
+              "top": top_stage(plan.views)}[plan.finetune]
+    if plan.finetune != "none":
+        tuning["epochs"] = plan.finetune_epochs
+    stages = [dataclasses.replace(head, epochs=plan.head_epochs),
+              *(dataclasses.replace(s, epochs=0) for s in middle),
+              dataclasses.replace(last, **tuning)]
+    record = {"seconds": plan.budget_s, "plan": dataclasses.asdict(plan),
+              "measured": dataclasses.asdict(measured)}
+    return dataclasses.replace(config, data=dataclasses.replace(config.data,
+                                                                image_size=plan.image_size),
+                               stages=stages, budget=record)
+
+
+def _stages(config: RunConfig) -> list:
+    stages = config.stages
+    if len(stages) < 2 or stages[0].unfreeze not in (0, "0", None, []):
+        raise TltkError(f"--budget: recipe '{config.recipe}' does not start with a frozen "
+                        "head stage followed by fine-tuning; use a transfer recipe such as "
+                        "folder")
+    return stages
+
+
+def plan_budget(config: RunConfig, budget_s: float, started: float, say=print) -> RunConfig:
+    """Time this machine, plan the run to end within `budget_s` of `started` (a
+    `time.time()`), print the plan and return the config that runs it."""
+    from tltk.models.backbones import config_backbone
+
+    spec = config_backbone(config)
+    fixed = config.data.image_size
+    sizes = (fixed,) if fixed else (tuple(s for s in SIZES if s >= spec.min_size)
+                                    or (spec.min_size,))
+    head_epochs = _stages(config)[0].epochs  # a recipe without a head stage fails first
+    measured = measure(config, spec, fixed or max(DESIGN["reference_size"], spec.min_size),
+                       started)
+    plan = make_plan(budget_s, measured, head_epochs, sizes)
+    say(plan.describe())
+    say(f"  timed on this machine: {1000 * measured.forward:.1f} ms an image through the "
+        f"backbone at {measured.size} px ({measured.trace:.1f} s its first call), "
+        f"{measured.save:.1f} s a save, {measured.elapsed:.0f} s before planning")
+    if plan.head_epochs == 0:
+        raise TltkError(f"--budget: {_minutes(budget_s)} does not fit even one head epoch "
+                        f"here (start-up and planning took {measured.elapsed:.0f} s); give a "
+                        "longer budget")
+    return apply_plan(config, plan, measured)
+
+
+def measure(config: RunConfig, spec, size: int, started: float) -> Measured:
+    """Build the classifier at `size` as the run will and time it: forward passes (the
+    dry run's timing) and one save."""
+    from tltk.engine.dryrun import TIMED_BATCHES, _batches, _seconds_per_call
+    from tltk.engine.run import prepare
+    from tltk.engine.stage import plan_stage
+    from tltk.rundir import save_model
+
+    t0 = time.time()
+    ctx = prepare(config.override({"data.image_size": size}), spec, say=lambda _: None,
+                  dry_run=True)
+    build = time.time() - t0
+    lower = plan_stage(ctx, ctx.config.stages[0], strict=False).lower or ctx.model
+    batches = _batches(ctx, "train", TIMED_BATCHES + 1)
+    t1 = time.time()
+    lower.predict_on_batch(batches[0][0])  # the first call traces the graph
+    trace = time.time() - t1
+    per_batch = _seconds_per_call(lambda b: lower.predict_on_batch(b[0]), batches)
+    timed = batches[1:] or batches  # as _seconds_per_call times them
+    images = sum(int(b[0].shape[0]) for b in timed) / len(timed)
+    with tempfile.TemporaryDirectory() as tmp:
+        t2 = time.time()
+        save_model(ctx.model, Path(tmp) / "model.keras")
+        save = time.time() - t2
+    splits = ctx.dataset.splits
+    keras.backend.clear_session()  # the run builds its own classifier
+    return Measured(size, per_batch / images, round(trace, 3), round(save, 3), round(build, 2),
+                    round(time.time() - started, 2), len(splits["train"]), len(splits["val"]),
+                    len(splits.get("test", ())))
+
+
+class Deadline(keras.callbacks.Callback):
+    """Stops training at `deadline` (a `time.time()`), whatever the stage: a run that
+    falls behind its plan still leaves the time its final evaluation needs.
+
+    Example::
+
+        tltk.engine.train(config, callbacks=[Deadline(started + plan.train_until_s)])
+    """
+
+    def __init__(self, deadline: float):
+        super().__init__()
+        self.deadline, self.stage = deadline, None
+
+    def _check(self) -> None:
+        if time.time() >= self.deadline:
+            self.model.stop_training = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check()
+
+
+def command_started() -> float:
+    """When this process started (a `time.time()`): the budget counts from there.
+
+    Linux reads it from /proc (start-up and imports count); elsewhere, from the first
+    import of this module.
+    """
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED
+
+
+_IMPORTED = time.time()
