@@ -48,9 +48,9 @@ from tltk.engine import budget
 from tltk.engine.dryrun import _batches, _seconds_per_call
 from tltk.engine.run import prepare
 from tltk.engine.stage import plan_stage
+from tltk.fileio import save_model
 from tltk.models.backbones import config_backbone
 from tltk.recipes import base_config
-from tltk.rundir import save_model
 
 NAME = "b10_budget_design"
 DESIGN_SPLIT_SEED = 0

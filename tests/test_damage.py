@@ -30,8 +30,8 @@ from tltk.cli import main
 from tltk.config import DataConfig, HeadConfig, RunConfig, StageConfig
 from tltk.data import scan
 from tltk.engine.features import load_verified, verify
+from tltk.fileio import write_npz
 from tltk.models import backbones
-from tltk.rundir import write_npz
 
 pytestmark = pytest.mark.slow
 

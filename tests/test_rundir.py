@@ -10,7 +10,8 @@ import pytest
 
 from tltk.config import RunConfig
 from tltk.errors import TltkError
-from tltk.rundir import RunDir, atomic_path, same_run, storage_error, write_npz, write_text
+from tltk.fileio import atomic_path, storage_error, write_npz, write_text
+from tltk.rundir import RunDir, same_run
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path):

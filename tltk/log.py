@@ -120,3 +120,15 @@ def native_stderr_muted():
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def duration(seconds: float) -> str:
+    """A duration for people: seconds, minutes or hours.
+
+    Example:
+        >>> duration(42.4), duration(150), duration(9000)
+        ('42 s', '2.5 min', '2.5 h')
+    """
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"

@@ -21,9 +21,9 @@ DEMO = ["train", "demo", "--per-class", "10", "--image-size", "32",
 # `tltk` with the disk's free space misreported: the write itself meets the full disk.
 LYING = """
 import collections, sys
-import tltk.rundir
+import shutil
 usage = collections.namedtuple("usage", "total used free")
-tltk.rundir.shutil.disk_usage = lambda path: usage(10**12, 0, 10**12)
+shutil.disk_usage = lambda path: usage(10**12, 0, 10**12)
 from tltk.cli import main
 main(sys.argv[1:], prog_name="tltk")
 """

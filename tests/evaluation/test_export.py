@@ -146,10 +146,10 @@ def test_exported_keras_and_new_run_models_load_without_tltk(run_and_model, data
                                                              tmp_path):
     from tests.tiny import TINY
     from tltk.config import HeadConfig
+    from tltk.fileio import save_model
     from tltk.models.backbones import build_backbone
     from tltk.models.heads import build_classifier
     from tltk.optim.schedules import OneCycle
-    from tltk.rundir import save_model
 
     run, model = run_and_model  # saved with tltk's Preprocess layer, as runs were before
     path = export.export_model(run.path, "keras", tmp_path / "model.keras")

@@ -34,7 +34,7 @@ from tltk.config import DataConfig
 from tltk.data.core import Dataset, Split, resize
 from tltk.data.scan import WORKERS, write_skipped_csv
 from tltk.errors import TltkError
-from tltk.rundir import write_bytes, write_csv, write_text
+from tltk.fileio import write_bytes, write_csv, write_text
 
 AUGMENT_SIZE = 160  # the augmentation demo shows the image at a typical training size
 AUGMENTED_VIEWS = 9

@@ -33,7 +33,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from tltk.data.scan import WORKERS, ScannedFile, cache_root, to_rgb
-from tltk.rundir import write_text
+from tltk.fileio import write_text
 
 log = logging.getLogger(__name__)
 

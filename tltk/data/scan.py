@@ -35,7 +35,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from tltk.errors import TltkError
-from tltk.rundir import atomic_path, write_csv, write_text
+from tltk.fileio import atomic_path, write_csv, write_text
 
 log = logging.getLogger(__name__)
 

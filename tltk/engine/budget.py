@@ -284,7 +284,7 @@ def measure(config: RunConfig, spec, size: int, started: float) -> Measured:
     from tltk.engine.dryrun import TIMED_BATCHES, _batches, _seconds_per_call
     from tltk.engine.run import prepare
     from tltk.engine.stage import plan_stage
-    from tltk.rundir import save_model
+    from tltk.fileio import save_model
 
     t0 = time.time()
     ctx = prepare(config.override({"data.image_size": size}), spec, say=lambda _: None,

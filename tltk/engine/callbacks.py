@@ -24,7 +24,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from tltk.errors import TltkError
-from tltk.rundir import RunDir, read_csv, save_model, write_csv
+from tltk.fileio import read_csv, save_model, write_csv
+from tltk.log import duration
+from tltk.rundir import RunDir
 
 HISTORY_COLUMNS = ["stage", "epoch", "stage_epoch", "loss", "top1", "topk", "val_loss",
                    "val_top1", "val_topk", "lr"]
@@ -247,18 +249,6 @@ def on_terminal(stream) -> bool:
         False
     """
     return bool(getattr(stream, "isatty", lambda: False)())
-
-
-def duration(seconds: float) -> str:
-    """A duration for people: seconds, minutes or hours.
-
-    Example:
-        >>> duration(42.4), duration(150), duration(9000)
-        ('42 s', '2.5 min', '2.5 h')
-    """
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 class NumericalFault(TltkError):

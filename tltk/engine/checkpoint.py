@@ -37,16 +37,9 @@ import numpy as np
 from tltk import faults
 from tltk.config import RunConfig
 from tltk.errors import TltkError
+from tltk.fileio import atomic_path, damaged, model_bytes, read_json, require_space, save_weights
 from tltk.log import keras_chatter
-from tltk.rundir import (
-    RunDir,
-    atomic_path,
-    damaged,
-    model_bytes,
-    read_json,
-    require_space,
-    save_weights,
-)
+from tltk.rundir import RunDir
 
 BACKUP = "backup"
 STATE_FILE = "state.json"

@@ -31,7 +31,7 @@ from tltk.engine.context import Context
 from tltk.engine.features import AVAILABLE_FRACTION, cache_budget
 from tltk.engine.run import prepare
 from tltk.engine.stage import CachePlan, StagePlan, describe_blocks, describe_optimizer, plan_stage
-from tltk.log import log, silent
+from tltk.log import duration, log, silent
 from tltk.models.backbones import config_backbone
 
 TIMED_BATCHES = 3
@@ -64,8 +64,8 @@ def dry_run(config: RunConfig, say=log) -> list[str]:
                 out(_cache_line(ctx, plan.cache))
             seconds, how = estimate_stage(ctx, plan)
             total += seconds
-            out(f"  estimated {_duration(seconds)} ({how})")
-    out(f"estimated training time: {_duration(total)} (from {TIMED_BATCHES} timed batches "
+            out(f"  estimated {duration(seconds)} ({how})")
+    out(f"estimated training time: {duration(total)} (from {TIMED_BATCHES} timed batches "
         "per stage on this machine; final evaluation not included)")
     return lines
 
@@ -134,24 +134,12 @@ def estimate_stage(ctx: Context, plan: StagePlan) -> tuple[float, str]:
     val = _seconds_per_call(lambda b: plan.fitted.predict_on_batch(b[0]), inputs)
     epoch = steps * step + val_steps * val
     if not plan.cached:
-        return plan.stage.epochs * epoch, (f"{plan.stage.epochs} x {_duration(epoch)} per "
+        return plan.stage.epochs * epoch, (f"{plan.stage.epochs} x {duration(epoch)} per "
                                            "epoch on images")
     extracted = math.ceil((len(splits["train"]) * plan.cache.views + len(splits["val"]))
                           / cfg.batch_size) * extract
     return (extracted + plan.stage.epochs * epoch,
-            f"extraction {_duration(extracted)} once, then {plan.stage.epochs} x "
-            f"{_duration(epoch)} per epoch on the cache")
+            f"extraction {duration(extracted)} once, then {plan.stage.epochs} x "
+            f"{duration(epoch)} per epoch on the cache")
 
 
-def _duration(seconds: float) -> str:
-    """Seconds in the unit a person reads best.
-
-    Example:
-        >>> _duration(42), _duration(420), _duration(42_000)
-        ('42 s', '7.0 min', '11.7 h')
-    """
-    if seconds < 100:
-        return f"{seconds:.0f} s"
-    if seconds < 6000:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"

@@ -36,8 +36,7 @@ from tqdm.auto import tqdm
 
 from tltk import faults
 from tltk.data.core import Split, fingerprint
-from tltk.log import log
-from tltk.rundir import (
+from tltk.fileio import (
     atomic_path,
     checksum_path,
     require_space,
@@ -45,6 +44,7 @@ from tltk.rundir import (
     write_checksum,
     write_text,
 )
+from tltk.log import log
 
 
 def default_cache_dir() -> Path:

@@ -51,6 +51,7 @@ from tltk.evaluation.metrics import (
     small_splits_warning,
 )
 from tltk.evaluation.reports import write_run_report
+from tltk.fileio import model_bytes, require_space, save_model, write_csv
 from tltk.log import log
 from tltk.models.backbones import (
     OWN_WEIGHTS,
@@ -63,7 +64,7 @@ from tltk.models.backbones import (
 )
 from tltk.models.heads import build_classifier
 from tltk.models.spec import BackboneSpec
-from tltk.rundir import RunDir, model_bytes, require_space, save_model, write_csv
+from tltk.rundir import RunDir
 from tltk.saving import load_keras_file
 
 

@@ -39,6 +39,7 @@ from tltk.engine.callbacks import NonFiniteLossGuard, NumericalFault, RawWeights
 from tltk.engine.context import Context
 from tltk.engine.features import FeatureCache, cache_budget, cache_bytes
 from tltk.errors import TltkError
+from tltk.fileio import save_model
 from tltk.models.backbones import (
     block_layers,
     cache_name,
@@ -49,7 +50,6 @@ from tltk.models.backbones import (
 from tltk.models.heads import backbone_of, split_at_blocks, training_view
 from tltk.optim import discriminative
 from tltk.optim.schedules import make_lr
-from tltk.rundir import save_model
 
 # Shuffle buffer of a training image stream (decoded images are held in it).
 SHUFFLE_BUFFER = 10_000

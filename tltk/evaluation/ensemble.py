@@ -25,7 +25,8 @@ from tltk.evaluation.reports import (
     write_table,
 )
 from tltk.evaluation.runmodel import input_size, load_run_model
-from tltk.rundir import REEVALUATE, RunDir, damaged, open_run, write_csv, write_npz
+from tltk.fileio import REEVALUATE, damaged, write_csv, write_npz
+from tltk.rundir import RunDir, open_run
 
 WEIGHTS = ("best", "final")
 EXPORT_FORMATS = ("keras", "savedmodel", "tflite")

@@ -28,9 +28,10 @@ from tltk.config import EXPORT_FORMATS
 from tltk.data.core import decode_image_bytes, prepare_image
 from tltk.errors import TltkError
 from tltk.evaluation.runmodel import input_size, load_run_model, resize_policy
+from tltk.fileio import save_model, write_bytes, write_text
 from tltk.log import native_stderr_muted
 from tltk.models.preprocessing import Preprocess, builtin_preprocess
-from tltk.rundir import RunDir, open_run, save_model, write_bytes, write_text
+from tltk.rundir import RunDir, open_run
 from tltk.saving import load_keras_file
 
 QUANTIZE = ("none", "dynamic", "float16", "int8")

@@ -31,7 +31,8 @@ from tltk.errors import TltkError
 from tltk.evaluation.export import check_target, export_model, load_exported
 from tltk.evaluation.metrics import default_k, topk_accuracy
 from tltk.evaluation.runmodel import input_size, load_run_model, resize_policy
-from tltk.rundir import open_run, read_csv, write_csv
+from tltk.fileio import read_csv, write_csv
+from tltk.rundir import open_run
 
 # (format, quantization) -> file name under the export folder; `--format all` writes all.
 FILE_NAMES = {("keras", "none"): "model.keras", ("savedmodel", "none"): "saved_model",

@@ -18,7 +18,8 @@ import tensorflow as tf
 
 from tltk import faults
 from tltk.data.core import Dataset, make_pipeline
-from tltk.rundir import RunDir, write_csv, write_npz
+from tltk.fileio import write_csv, write_npz
+from tltk.rundir import RunDir
 from tltk.saving import load_keras_file
 
 WEIGHTS = ("best", "final")

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from tltk.rundir import write_bytes
+from tltk.fileio import write_bytes
 
 # Learning-curve panels: (title, train column, validation column, is an accuracy).
 CURVE_PANELS = (("loss", "loss", "val_loss", False),

@@ -28,7 +28,9 @@ import pandas as pd
 from tltk.errors import TltkError
 from tltk.evaluation import analysis, gradcam, plots
 from tltk.evaluation.metrics import covers_all, default_k, interval, plus_minus
-from tltk.rundir import REEVALUATE, RunDir, damaged, open_run, read_csv, write_csv, write_text
+from tltk.fileio import REEVALUATE, damaged, read_csv, write_csv, write_text
+from tltk.log import duration
+from tltk.rundir import RunDir, open_run
 
 SPLIT_ORDER = ("train", "val", "test")
 WEIGHTS_ORDER = ("original", "best", "best+tta", "final", "final+tta", "ema", "ema+tta",
@@ -335,7 +337,7 @@ def _timings(run: RunDir) -> str:
                                                    status["splits"].items()) + "."
     stages = [s for s in status.get("stages") or [] if isinstance(s, dict) and "seconds" in s]
     if stages:
-        text += " Stage time: " + ", ".join(f"{s.get('name')} {_duration(s['seconds'])}"
+        text += " Stage time: " + ", ".join(f"{s.get('name')} {duration(s['seconds'])}"
                                             for s in stages) + "."
     if run.file("best.keras").is_file():
         best = status.get("best") if isinstance(status.get("best"), dict) else {}
@@ -343,16 +345,6 @@ def _timings(run: RunDir) -> str:
                  if isinstance(best.get("epoch"), int) else "")
         text += f" Best weights: {run.file('best.keras').resolve()}{where}."
     return text
-
-
-def _duration(seconds: float) -> str:
-    """Seconds as `42 s` or `3.5 min`.
-
-    Example:
-        >>> _duration(42.2), _duration(210)
-        ('42 s', '3.5 min')
-    """
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def _metrics_section(doc: _Doc, run: RunDir) -> None:

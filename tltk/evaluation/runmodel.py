@@ -17,7 +17,8 @@ from PIL import Image, UnidentifiedImageError
 
 from tltk.data.core import decode_image_file, prepare_image
 from tltk.errors import TltkError
-from tltk.rundir import RunDir, damaged, open_run
+from tltk.fileio import damaged
+from tltk.rundir import RunDir, open_run
 from tltk.saving import load_model
 
 WEIGHTS = ("best", "final", "ema")

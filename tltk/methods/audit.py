@@ -44,8 +44,8 @@ from tltk.data.duplicates import (
     similar_pairs,
 )
 from tltk.errors import TltkError
+from tltk.fileio import write_csv, write_text
 from tltk.log import log
-from tltk.rundir import write_csv, write_text
 
 # Cosine of pooled features at which two images count as near duplicates. Measured on
 # flowers-128 with EfficientNet-Lite0 at 128 px (4,317 images, 9.3 M pairs), judging every

@@ -26,10 +26,11 @@ import pandas as pd
 
 from tltk.errors import TltkError
 from tltk.evaluation.metrics import default_k, metrics_rows, predict_split
+from tltk.fileio import write_csv, write_npz, write_text
 from tltk.models.backbones import config_backbone, keras_cache_dir
 from tltk.models.preprocessing import preprocess_layer
 from tltk.models.spec import BackboneSpec
-from tltk.rundir import RunDir, write_csv, write_npz, write_text
+from tltk.rundir import RunDir
 
 IMAGENET_CLASSES = 1000
 WNID = re.compile(r"^(n\d{8})(?:$|[-_ ])")

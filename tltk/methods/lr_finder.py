@@ -28,7 +28,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from tltk.errors import TltkError, unknown_name
-from tltk.rundir import write_bytes, write_csv
+from tltk.fileio import write_bytes, write_csv
 
 STEEPEST = "steepest descent of the smoothed loss"
 MIN_OVER_10 = "minimum of the smoothed loss / 10"

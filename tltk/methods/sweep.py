@@ -38,10 +38,11 @@ import pandas as pd
 from tltk.config import BackboneOptions, HeadConfig, RunConfig, StageConfig
 from tltk.errors import TltkError
 from tltk.evaluation.reports import read_metrics, to_markdown
+from tltk.fileio import write_csv, write_text
 from tltk.methods.unfreezing import require_head_stage
 from tltk.models.backbones import config_backbone
 from tltk.models.spec import BackboneSpec
-from tltk.rundir import RunDir, same_run, write_csv, write_text
+from tltk.rundir import RunDir, same_run
 
 ALL = "all"
 SCRATCH = "scratch"

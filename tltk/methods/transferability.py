@@ -250,8 +250,8 @@ def rank_backbones(config, backbones: list[str], weights: dict[str, str] | None 
     import pandas as pd
 
     from tltk import data as tltk_data
+    from tltk.fileio import write_csv
     from tltk.models.backbones import get_backbone, weights_label
-    from tltk.rundir import write_csv
 
     weights = weights or {}
     unknown = sorted(set(weights) - set(backbones))

@@ -52,6 +52,7 @@ from tltk.engine import Context, end_run, prepare, run_stage
 from tltk.engine.callbacks import NumericalFault
 from tltk.engine.runtime import op_determinism, precision_policy
 from tltk.errors import TltkError
+from tltk.fileio import save_model, write_csv, write_text
 from tltk.log import log
 from tltk.models.backbones import (
     check_image_size,
@@ -60,7 +61,7 @@ from tltk.models.backbones import (
 )
 from tltk.models.spec import BackboneSpec
 from tltk.registry import Registry
-from tltk.rundir import RunDir, save_model, write_csv, write_text
+from tltk.rundir import RunDir
 
 OBJECTIVE = "val_top1"
 TUNERS = Registry("--tuner", {"random": keras_tuner.RandomSearch,
