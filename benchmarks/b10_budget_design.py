@@ -45,7 +45,7 @@ from benchmarks.b9_fair_race import _call, tltk_result
 from benchmarks.peers import LITE0
 from tltk.config import StageConfig
 from tltk.engine import budget
-from tltk.engine.dryrun import _batches, _seconds_per_call
+from tltk.engine.dryrun import seconds_per_call, timed_batches
 from tltk.engine.run import prepare
 from tltk.engine.stage import plan_stage
 from tltk.fileio import save_model
@@ -62,14 +62,14 @@ def costs(config, size: int) -> dict:
     """Seconds per image (forward, steps) and per call (traces, a save) at `size`."""
     config = config.override({"data.image_size": size})
     ctx = prepare(config, config_backbone(config), say=lambda _: None, dry_run=True)
-    batches = _batches(ctx, "train", TIMED)
+    batches = timed_batches(ctx, "train", TIMED)
     per_image, classes = 1 / config.batch_size, ctx.dataset.num_classes
     head = plan_stage(ctx, ctx.config.stages[0])
     started = time.perf_counter()
     head.lower.predict_on_batch(batches[0][0])
     out = {"trace_predict": time.perf_counter() - started,
-           "forward": _seconds_per_call(lambda b: head.lower.predict_on_batch(b[0]), batches),
-           "classifier": _seconds_per_call(lambda b: ctx.model.predict_on_batch(b[0]), batches)}
+           "forward": seconds_per_call(lambda b: head.lower.predict_on_batch(b[0]), batches),
+           "classifier": seconds_per_call(lambda b: ctx.model.predict_on_batch(b[0]), batches)}
     features = [(head.lower.predict_on_batch(x), y) for x, y in batches]
     out["head_step"], out["trace_head"] = _step(head, features, classes)
     out["epoch_overhead"] = _epoch_overhead(head, features, classes)
@@ -77,7 +77,7 @@ def costs(config, size: int) -> dict:
     images = [(keras.ops.cast(x, "float32"), y) for x, y in batches]
     out["whole_step"], out["trace_whole"] = _step(whole, images, classes)
     top = plan_stage(ctx, StageConfig("top", **budget.top_stage(1)))
-    out["top_cut"] = _seconds_per_call(lambda b: top.lower.predict_on_batch(b[0]), batches)
+    out["top_cut"] = seconds_per_call(lambda b: top.lower.predict_on_batch(b[0]), batches)
     activations = [(top.lower.predict_on_batch(x), y) for x, y in batches]
     out["top_step"], out["trace_top"] = _step(top, activations, classes)
     with tempfile.TemporaryDirectory() as tmp:

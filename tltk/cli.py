@@ -19,7 +19,17 @@ import traceback
 
 import click
 
-from tltk.config import EXPORT_FORMATS, Precision, Preprocess, Resize, choices
+from tltk.config import (
+    EXPORT_FORMATS,
+    INT8_IO,
+    PREDICT_FORMATS,
+    QUANTIZE,
+    RUN_WEIGHTS,
+    Precision,
+    Preprocess,
+    Resize,
+    choices,
+)
 from tltk.errors import TltkError
 
 EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -322,9 +332,9 @@ def ensemble(runs, out):
 @click.argument("run_dir", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--top", type=int, default=5, help="Labels per image.")
-@click.option("--weights", type=click.Choice(["best", "final", "ema"]), default="best",
+@click.option("--weights", type=click.Choice(RUN_WEIGHTS), default="best",
               help="Which saved model of a run predicts.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
+@click.option("--format", "fmt", type=click.Choice(PREDICT_FORMATS), default="table",
               help="Output format.")
 @click.option("--labels", type=click.Path(), help="Class names of an exported model, one a "
               "line (default: the labels.txt beside it).")
@@ -370,14 +380,14 @@ def _export_format(fmt: str | None, out: str) -> str:
 @click.option("--format", "fmt", type=click.Choice([*EXPORT_FORMATS, "all"]),
               help="all: every format and TFLite quantization (default: from --out: .keras, "
                    ".tflite, else a savedmodel folder).")
-@click.option("--quantize", type=click.Choice(["none", "dynamic", "float16", "int8"]),
+@click.option("--quantize", type=click.Choice(QUANTIZE),
               default="none", help="TFLite only; int8 is full-integer, calibrated on "
               "training images.")
-@click.option("--int8-io", type=click.Choice(["uint8", "int8"]), default="uint8",
+@click.option("--int8-io", type=click.Choice(INT8_IO), default="uint8",
               help="Input and output type of an int8 TFLite model.")
 @click.option("--out", type=click.Path(), help="File (.keras/.tflite) or folder "
               "(savedmodel, all); default: RUN/exports/.")
-@click.option("--weights", type=click.Choice(["best", "final", "ema"]), default="best",
+@click.option("--weights", type=click.Choice(RUN_WEIGHTS), default="best",
               help="Which saved model to export.")
 def export_command(run_dir, fmt, quantize, int8_io, out, weights):
     """Export a run's model, measure it on the run's test split, append RUN/exports.csv."""

@@ -31,6 +31,12 @@ TTA_MODES = ("none", "flip", "flip+affine")
 AUGMENT_POLICIES = ("affine", "randaugment")
 # `tltk export --format`; a `--out` ending in .keras or .tflite names its format.
 EXPORT_FORMATS = ("keras", "savedmodel", "tflite")
+# `tltk export --quantize` (TFLite) and `--int8-io` (a full-integer model's input/output).
+QUANTIZE = ("none", "dynamic", "float16", "int8")
+INT8_IO = ("uint8", "int8")
+# A run's saved models (`--weights` of predict, export, ...) and `tltk predict --format`.
+RUN_WEIGHTS = ("best", "final", "ema")
+PREDICT_FORMATS = ("table", "json", "csv")
 
 # Each set of named choices, declared once: the config checks values against these,
 # the CLI builds its `click.Choice`s from them (`choices`), and the registries that

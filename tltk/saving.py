@@ -28,10 +28,10 @@ import tltk.data.augment  # noqa: F401
 import tltk.models.preprocessing  # noqa: F401
 import tltk.optim.discriminative  # noqa: F401
 import tltk.optim.schedules  # noqa: F401
+from tltk.config import RUN_WEIGHTS
 from tltk.errors import TltkError
 from tltk.log import keras_chatter
 
-WEIGHTS = ("best", "final", "ema")
 # Members every `.keras` file holds (Keras 3's zip format).
 KERAS_MEMBERS = ("config.json", "model.weights.h5")
 
@@ -70,8 +70,8 @@ def load_model(path_or_run_dir, weights: str = "best") -> LoadedModel:
     from tltk.rundir import RunDir
 
     path = Path(path_or_run_dir).expanduser()
-    if weights not in WEIGHTS:
-        raise TltkError(f"weights: '{weights}' is not one of {', '.join(WEIGHTS)}")
+    if weights not in RUN_WEIGHTS:
+        raise TltkError(f"weights: '{weights}' is not one of {', '.join(RUN_WEIGHTS)}")
     if path.is_dir():
         path = path / f"{weights}.keras"
     model = load_keras_file(path)

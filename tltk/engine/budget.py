@@ -281,22 +281,22 @@ def plan_budget(config: RunConfig, budget_s: float, started: float, say=print) -
 def measure(config: RunConfig, spec, size: int, started: float) -> Measured:
     """Build the classifier at `size` as the run will and time it: forward passes (the
     dry run's timing) and one save."""
-    from tltk.engine.dryrun import TIMED_BATCHES, _batches, _seconds_per_call
+    from tltk.engine.dryrun import TIMED_BATCHES, seconds_per_call, timed_batches
     from tltk.engine.run import prepare
     from tltk.engine.stage import plan_stage
     from tltk.fileio import save_model
+    from tltk.log import silent
 
     t0 = time.time()
-    ctx = prepare(config.override({"data.image_size": size}), spec, say=lambda _: None,
-                  dry_run=True)
+    ctx = prepare(config.override({"data.image_size": size}), spec, say=silent, dry_run=True)
     build = time.time() - t0
     lower = plan_stage(ctx, ctx.config.stages[0], strict=False).lower or ctx.model
-    batches = _batches(ctx, "train", TIMED_BATCHES + 1)
+    batches = timed_batches(ctx, "train", TIMED_BATCHES + 1)
     t1 = time.time()
     lower.predict_on_batch(batches[0][0])  # the first call traces the graph
     trace = time.time() - t1
-    per_batch = _seconds_per_call(lambda b: lower.predict_on_batch(b[0]), batches)
-    timed = batches[1:] or batches  # as _seconds_per_call times them
+    per_batch = seconds_per_call(lambda b: lower.predict_on_batch(b[0]), batches)
+    timed = batches[1:] or batches  # as seconds_per_call times them
     images = sum(int(b[0].shape[0]) for b in timed) / len(timed)
     with tempfile.TemporaryDirectory() as tmp:
         t2 = time.time()

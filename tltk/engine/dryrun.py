@@ -90,14 +90,15 @@ def _cache_line(ctx: Context, cache: CachePlan) -> str:
             f"train + plain val: {cache.bytes / 1e9:.2f} GB, {verdict}")
 
 
-def _batches(ctx: Context, split: str, count: int) -> list:
+def timed_batches(ctx: Context, split: str, count: int) -> list:
+    """`count` batches of `split`, decoded and resized as training reads them."""
     ds = make_pipeline(ctx.dataset.splits[split], ctx.image_size, ctx.config.batch_size,
                        training=False, seed=ctx.config.seed, resize_policy=ctx.config.data.resize,
                        cache=False)
     return list(ds.take(count))
 
 
-def _seconds_per_call(fn, items: list) -> float:
+def seconds_per_call(fn, items: list) -> float:
     """Median seconds of `fn(item)` over `items[1:]` (the first call warms up)."""
     fn(items[0])
     times = []
@@ -118,11 +119,11 @@ def estimate_stage(ctx: Context, plan: StagePlan) -> tuple[float, str]:
     cfg, splits = ctx.config, ctx.dataset.splits
     steps = math.ceil(len(splits["train"]) / cfg.batch_size)
     val_steps = math.ceil(len(splits["val"]) / cfg.batch_size)
-    batches = _batches(ctx, "train", TIMED_BATCHES + 1)
+    batches = timed_batches(ctx, "train", TIMED_BATCHES + 1)
     seed = tf.constant([0, 0], tf.int64)
     extract = 0.0
     if plan.cached:
-        extract = _seconds_per_call(lambda b: plan.lower.predict_on_batch(b[0]), batches)
+        extract = seconds_per_call(lambda b: plan.lower.predict_on_batch(b[0]), batches)
         inputs = [(plan.lower.predict_on_batch(x), y) for x, y in batches]
     else:
         augment = plan.make_augmenter(cfg.seed) or (lambda x, _: x)
@@ -130,8 +131,8 @@ def estimate_stage(ctx: Context, plan: StagePlan) -> tuple[float, str]:
     if plan.mixer is not None:
         inputs = [plan.mixer(x, y, seed) for x, y in inputs]
     plan.compile(steps)
-    step = _seconds_per_call(lambda b: plan.fitted.train_on_batch(*b), inputs)
-    val = _seconds_per_call(lambda b: plan.fitted.predict_on_batch(b[0]), inputs)
+    step = seconds_per_call(lambda b: plan.fitted.train_on_batch(*b), inputs)
+    val = seconds_per_call(lambda b: plan.fitted.predict_on_batch(b[0]), inputs)
     epoch = steps * step + val_steps * val
     if not plan.cached:
         return plan.stage.epochs * epoch, (f"{plan.stage.epochs} x {duration(epoch)} per "

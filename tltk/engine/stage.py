@@ -162,10 +162,10 @@ def _plan_cache(ctx: Context, stage: StageConfig, blocks: list, strict: bool):
                                             train_batchnorm=stage.batchnorm == "train")
         shape, views = tuple(lower.output_shape[1:]), stage.feature_views if stage.augment else 1
         splits = ctx.dataset.splits
-        cache = CachePlan(kind, cut, shape, views,
-                          cache_bytes(shape, len(splits["train"]) * views + len(splits["val"]),
-                                      ctx.config.batch_size),
-                          check_cache_budget(ctx, stage, shape, views, strict))
+        need = cache_bytes(shape, len(splits["train"]) * views + len(splits["val"]),
+                           ctx.config.batch_size)
+        cache = CachePlan(kind, cut, shape, views, need,
+                          check_cache_budget(ctx, stage, need, views, strict))
         if not cache.over:
             return cache, lower, upper
     else:
@@ -487,16 +487,14 @@ def training_images(ctx: Context, plan: StagePlan, through: keras.Model | None =
     return make_train, math.ceil(len(train) / cfg.batch_size)
 
 
-def check_cache_budget(ctx: Context, stage: StageConfig, shape: tuple, views: int,
+def check_cache_budget(ctx: Context, stage: StageConfig, need: float, views: int,
                        strict: bool = True) -> str | None:
-    """None when the stage's cache fits the memory budget, else why it does not.
+    """None when a cache of `need` bytes (`views` per training image) fits the memory
+    budget, else why it does not.
 
     A stage that asked for caching (`cache_features: true`) fails instead (when
     `strict`), saying by how much the cache is over and what to change.
     """
-    splits = ctx.dataset.splits
-    need = cache_bytes(shape, len(splits["train"]) * views + len(splits["val"]),
-                       ctx.config.batch_size)
     budget = cache_budget(ctx.config.cache_budget_gb)
     if need <= budget:
         return None

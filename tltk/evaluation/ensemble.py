@@ -28,10 +28,6 @@ from tltk.evaluation.runmodel import input_size, load_run_model
 from tltk.fileio import REEVALUATE, damaged, write_csv, write_npz
 from tltk.rundir import RunDir, open_run
 
-WEIGHTS = ("best", "final")
-EXPORT_FORMATS = ("keras", "savedmodel", "tflite")
-OUTPUT_FORMATS = ("table", "json", "csv")
-
 
 def _saved_predictions(run: RunDir, weights: str) -> dict[str, dict]:
     saved = {split: run.predictions(w, split) for w, split in prediction_files(run)

@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tltk.config import EXPORT_FORMATS
+from tltk.config import EXPORT_FORMATS, INT8_IO, QUANTIZE
 from tltk.data.core import decode_image_bytes, prepare_image
 from tltk.errors import TltkError
 from tltk.evaluation.runmodel import input_size, load_run_model, resize_policy
@@ -34,8 +34,6 @@ from tltk.models.preprocessing import Preprocess, builtin_preprocess
 from tltk.rundir import RunDir, open_run
 from tltk.saving import load_keras_file
 
-QUANTIZE = ("none", "dynamic", "float16", "int8")
-INT8_IO = ("uint8", "int8")
 LABELS_FILE = "labels.txt"
 
 

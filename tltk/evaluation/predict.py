@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tltk.config import PREDICT_FORMATS
 from tltk.data.folder import list_images
 from tltk.errors import TltkError
 from tltk.evaluation.runmodel import (  # noqa: F401 (re-exported)
-    WEIGHTS,
     input_size,
     load_run_model,
     read_image,
@@ -30,9 +30,6 @@ from tltk.evaluation.runmodel import (  # noqa: F401 (re-exported)
     run_model_path,
 )
 from tltk.rundir import open_run
-
-EXPORT_FORMATS = ("keras", "savedmodel", "tflite")
-OUTPUT_FORMATS = ("table", "json", "csv")
 
 
 def expand_inputs(items) -> list[Path]:
@@ -141,7 +138,7 @@ def format_predictions(results: list[dict], fmt: str = "table") -> str:
         return pd.DataFrame(rows, columns=["path", "rank", "label", "probability",
                                            "error"]).to_csv(index=False).rstrip("\n")
     if fmt != "table":
-        raise TltkError(f"--format: '{fmt}' is not one of {', '.join(OUTPUT_FORMATS)}")
+        raise TltkError(f"--format: '{fmt}' is not one of {', '.join(PREDICT_FORMATS)}")
     return _text_table(results)
 
 

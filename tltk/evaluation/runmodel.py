@@ -15,13 +15,12 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
+from tltk.config import RUN_WEIGHTS
 from tltk.data.core import decode_image_file, prepare_image
 from tltk.errors import TltkError
 from tltk.fileio import damaged
 from tltk.rundir import RunDir, open_run
 from tltk.saving import load_model
-
-WEIGHTS = ("best", "final", "ema")
 
 
 def load_run_model(run_dir: str | Path, weights: str = "best"):
@@ -33,8 +32,8 @@ def load_run_model(run_dir: str | Path, weights: str = "best"):
 
 def run_model_path(run_dir: str | Path, weights: str = "best") -> Path:
     """The path of a run's `<weights>.keras`; a missing `ema.keras` says how to get one."""
-    if weights not in WEIGHTS:
-        raise TltkError(f"--weights: '{weights}' is not one of {', '.join(WEIGHTS)}")
+    if weights not in RUN_WEIGHTS:
+        raise TltkError(f"--weights: '{weights}' is not one of {', '.join(RUN_WEIGHTS)}")
     path = open_run(run_dir).file(f"{weights}.keras")
     if weights == "ema" and not path.is_file():
         raise TltkError(f"--weights ema: {path.parent} has no ema.keras; only runs with a "
