@@ -25,11 +25,13 @@ Outputs: results/b10_budget_design.json.
 Example:
     $ python -m benchmarks b10
     $ python -m benchmarks b10 --quick
+    $ python -m benchmarks b10 --costs-only --note="quiet machine"   # keep the head probes
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -38,7 +40,7 @@ from pathlib import Path
 
 import keras
 
-from benchmarks._common import machine_info, print_table, write_results
+from benchmarks._common import RESULTS_DIR, machine_info, print_table, write_results
 from benchmarks.b6_recipes import Settings as SplitSettings
 from benchmarks.b6_recipes import flowers_data, link_tree
 from benchmarks.b9_fair_race import _call, tltk_result
@@ -139,7 +141,8 @@ def head_probe(config, size: int, tree: Path, work: Path) -> dict:
             "head_epochs": result["stages"]["bottleneck"]}
 
 
-def run(quick: bool) -> dict:
+def run(quick: bool, heads: dict | None = None) -> dict:
+    """Costs and head probes at every size; `heads` (size -> probe) reuses earlier probes."""
     per_class = 20 if quick else None
     data = flowers_data(SplitSettings(0, per_class, 10 if quick else None, None, ()),
                         DESIGN_SPLIT_SEED)
@@ -151,7 +154,8 @@ def run(quick: bool) -> dict:
             {"backbone": str(LITE0), "data.path": str(tree)})
         for size in sizes:
             by_size[size] = {"costs": costs(config, size),
-                             "head": head_probe(config, size, tree, Path(tmp))}
+                             "head": (heads or {}).get(str(size))
+                             or head_probe(config, size, tree, Path(tmp))}
             print(f"  {size} px: {by_size[size]}", flush=True)
     return {"benchmark": NAME, "split": {"seed": DESIGN_SPLIT_SEED,
                                          **{k: len(v) for k, v in data.labels.items()}},
@@ -184,10 +188,19 @@ def derived(by_size: dict) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one size, 20 images a class")
-    quick = parser.parse_args(argv).quick
-    figures = {**run(quick), "quick": quick, "machine": machine_info(),
-               "note": "timed on 2 CPU cores shared with other work: absolute seconds are "
-                       "inflated, the planner uses ratios to the forward pass"}
+    parser.add_argument("--costs-only", action="store_true",
+                        help="re-time the costs, keep the head probes of the last full run "
+                             "(accuracies do not depend on the machine's load)")
+    parser.add_argument("--note", default="", help="how the machine was when timed")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    heads = None
+    if args.costs_only:
+        last = json.loads((RESULTS_DIR / f"{NAME}.json").read_text())
+        heads = {size: v["head"] for size, v in last["by_size"].items()}
+    figures = {**run(quick, heads), "quick": quick, "machine": machine_info(),
+               "head_probes_from": "the previous full run" if heads else "this run",
+               "note": args.note}
     path = write_results(NAME + ("_quick" if quick else ""), figures)
     print_table([{"size": s, **v["costs"], "head val": v["head"]["val_top1"]}
                  for s, v in figures["by_size"].items()])

@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from benchmarks._common import machine_info, print_table, write_results
+from benchmarks._common import RESULTS_DIR, machine_info, print_table, write_results
 from benchmarks.b6_recipes import LITE0_SIZE, flowers_data, link_tree
 from benchmarks.b6_recipes import Settings as SplitSettings
 from benchmarks.peers import LITE0, MEDIAPIPE, PEERS, Backbone, Clock, Data
@@ -96,14 +96,17 @@ class Settings:
 
 
 def ladder(budgets_s, seeds, long_s: float | None, long_peers: int, few_shot_s: float | None,
-           few_shot_seeds) -> tuple[Rung, ...]:
-    """The rungs: every budget with `seeds`, the few-shot rung, then the long one.
+           few_shot_seeds, rung_seeds: dict | None = None) -> tuple[Rung, ...]:
+    """The rungs: every budget with `seeds` (or its own from `rung_seeds`, budget ->
+    seeds), the few-shot rung, then the long one.
 
     Example:
         >>> [r.name for r in ladder((120, 360), (1, 2, 3), 1200, 2, 120, (1,))]
         ['2min', '6min', 'few-shot 2min', '20min']
+        >>> [r.seeds for r in ladder((120, 360), (1, 2, 3), None, 0, None, (), {360: (1, 2)})]
+        [(1, 2, 3), (1, 2)]
     """
-    rungs = [Rung(label(b), b, tuple(seeds)) for b in budgets_s]
+    rungs = [Rung(label(b), b, tuple((rung_seeds or {}).get(b, seeds))) for b in budgets_s]
     if few_shot_s and few_shot_seeds:
         rungs.append(Rung(f"few-shot {label(few_shot_s)}", few_shot_s, tuple(few_shot_seeds),
                           few_shot=True))
@@ -278,8 +281,12 @@ def _call(command: list[str], folder: Path, env: dict | None = None) -> None:
 
 # --- the race ---------------------------------------------------------------------
 
-def race(settings: Settings, work: Path) -> list[dict]:
-    """Every planned run, best-peers rungs decided as they come; flagged runs rerun once."""
+def race(settings: Settings, work: Path, log: Path | None = None) -> list[dict]:
+    """Every planned run, best-peers rungs decided as they come; flagged runs rerun once.
+
+    Each record is appended to `log` (JSON lines) as its run ends, so a race stopped
+    part-way keeps what it measured (`--summarize LOG` tabulates it).
+    """
     full = split(settings, few_shot=False)
     few = split(settings, few_shot=True) if any(r.few_shot for r in settings.rungs) else None
     records, turn, previous = [], 0, None
@@ -290,9 +297,16 @@ def race(settings: Settings, work: Path) -> list[dict]:
             for arm in rotated(arms, turn):
                 records.append(run_one(rung, arm, seed, settings,
                                        few if rung.few_shot else full, work))
+                _append(log, records[-1])
             turn += 1
         previous = rung.name if not rung.few_shot else previous
-    return rerun_flagged(records, settings, full, few, work)
+    return rerun_flagged(records, settings, full, few, work, log)
+
+
+def _append(log: Path | None, record: dict) -> None:
+    if log is not None:
+        with open(log, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 def split(settings: Settings, few_shot: bool) -> Data:
@@ -316,7 +330,8 @@ def best_peers(records: list[dict], rung: str | None, count: int) -> list[str]:
     return sorted(means, key=means.get, reverse=True)[:count]
 
 
-def rerun_flagged(records, settings, full: Data, few: Data | None, work: Path) -> list[dict]:
+def rerun_flagged(records, settings, full: Data, few: Data | None, work: Path,
+                  log: Path | None = None) -> list[dict]:
     """Flag runs whose CPU/wall fell below CPU_DROP x their arm's median; rerun each once.
 
     The rerun takes the flagged run's place; the flagged one stays, marked `replaced`.
@@ -332,6 +347,7 @@ def rerun_flagged(records, settings, full: Data, few: Data | None, work: Path) -
                         few if rung.few_shot else full, work / "rerun")
         record["replaced"] = True
         records.append({**again, "rerun_of_flagged": True})
+        _append(log, records[-1])
     return records
 
 
@@ -489,14 +505,19 @@ def plot(figures: dict, path: Path) -> None:
 
 # --- driver -----------------------------------------------------------------------
 
-def run(settings: Settings) -> dict:
-    """The whole race; returns the figures (nothing written)."""
+def run(settings: Settings, log: Path | None = None) -> dict:
+    """The whole race; returns the figures (nothing written but `log`'s lines)."""
     if not Path(settings.backbone).is_file():
         raise SystemExit(f"B9 needs the backbone file {settings.backbone} (../shared)")
     print(f"B9: {len(planned_runs(settings))} runs, about "
           f"{estimate_s(settings) / 60:.0f} min on a quiet machine", flush=True)
     with tempfile.TemporaryDirectory(prefix="b9-") as tmp:
-        records = race(settings, Path(tmp))
+        records = race(settings, Path(tmp), log)
+    return summary(records, settings)
+
+
+def summary(records: list[dict], settings: Settings) -> dict:
+    """The figures of a race's records: split, table per rung, goals, every run."""
     full = split(settings, few_shot=False)
     return {"benchmark": NAME, "settings": dataclasses.asdict(settings),
             "split": {"seed": settings.split_seed, "fractions": [0.7, 0.15, 0.15],
@@ -504,6 +525,25 @@ def run(settings: Settings) -> dict:
             "estimated_s": round(estimate_s(settings)),
             "table": {r.name: table(records, r.name) for r in settings.rungs},
             "goals": goals(records, settings), "runs": records, "notes": NOTES}
+
+
+def read_log(log: Path) -> list[dict]:
+    """A race's records from its JSON-lines log; a rerun marks the run it replaces.
+
+    Example::
+
+        records = read_log(Path("benchmarks/results/b9_fair_race_runs.jsonl"))
+    """
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    for i, rerun in enumerate(records):
+        if rerun.get("rerun_of_flagged"):
+            for earlier in records[:i]:
+                if (earlier["rung"], earlier["arm"], earlier["seed"]) == (
+                        rerun["rung"], rerun["arm"], rerun["seed"]) and not earlier.get(
+                        "rerun_of_flagged"):
+                    earlier["replaced"] = True
+    flag(records)
+    return records
 
 
 NOTES = {
@@ -515,13 +555,18 @@ NOTES = {
 }
 
 
-def parse(argv: list[str] | None) -> tuple[bool, bool, Settings]:
+def parse(argv: list[str] | None) -> tuple[bool, argparse.Namespace, Settings]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny splits, short budgets")
     parser.add_argument("--plan", action="store_true",
                         help="print the runs and the estimated time; run nothing")
+    parser.add_argument("--summarize", metavar="LOG",
+                        help="tabulate a race's runs log (JSON lines) instead of running")
+    parser.add_argument("--name", help="the results files' name (default b9_fair_race)")
     parser.add_argument("--budgets", help="comma-separated seconds of the seeded rungs")
     parser.add_argument("--seeds", help="comma-separated training seeds")
+    parser.add_argument("--rung-seeds", action="append", default=[], metavar="BUDGET=SEEDS",
+                        help="one budget's own seeds, e.g. 360=1,2 (repeatable)")
     parser.add_argument("--long", type=float, help="seconds of the long rung (0: none)")
     parser.add_argument("--long-peers", type=int, help="peers at the long rung (default 2)")
     parser.add_argument("--few-shot-seeds", help="comma-separated; '' for no few-shot rung")
@@ -532,7 +577,7 @@ def parse(argv: list[str] | None) -> tuple[bool, bool, Settings]:
     parser.add_argument("--eval-per-class", type=int, help="val and test images per class")
     args = parser.parse_args(argv)
     base = QUICK if args.quick else FULL
-    return args.quick, args.plan, dataclasses.replace(base, **changes(args, base))
+    return args.quick, args, dataclasses.replace(base, **changes(args, base))
 
 
 def changes(args, base: Settings) -> dict:
@@ -553,24 +598,32 @@ def changes(args, base: Settings) -> dict:
     unknown = sorted(set(arms) - set(ARMS))
     if unknown or "tltk" not in arms:
         raise SystemExit(f"--arms: unknown {unknown} or tltk missing; choose from {ARMS}")
+    rung_seeds = {float(b): numbers(x, int) for b, x in
+                  (item.split("=", 1) for item in args.rung_seeds)}
     fields = {"rungs": ladder(budgets, seeds, long_s, peers or 0, few and few.budget_s,
-                              few_seeds), "arms": arms,
+                              few_seeds, rung_seeds), "arms": arms,
               "backbone": args.backbone_file, "image_size": args.image_size,
               "train_per_class": args.per_class, "eval_per_class": args.eval_per_class}
     return {k: v for k, v in fields.items() if v is not None}
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    quick, plan_only, settings = parse(argv)
-    if plan_only:
+    quick, args, settings = parse(argv)
+    if args.plan:
         for rung, arm, seed in planned_runs(settings):
             print(f"{rung.name:>14}  seed {seed}  {arm}")
         print(f"{len(planned_runs(settings))} runs, about {estimate_s(settings) / 3600:.1f} h "
               "on a quiet machine (reruns of flagged runs not included)")
         return None
-    figures = {**run(settings), "quick": quick, "machine": machine_info()}
-    path = write_results(NAME + ("_quick" if quick else ""), figures)
-    plot(figures, path.with_suffix(".png"))
+    name = args.name or NAME + ("_quick" if quick else "")
+    if args.summarize:
+        figures = summary(read_log(Path(args.summarize)), settings)
+    else:
+        log = RESULTS_DIR / f"{name}_runs.jsonl"
+        log.unlink(missing_ok=True)
+        figures = run(settings, log)
+    path = write_results(name, {**figures, "quick": quick, "machine": machine_info()})
+    plot(figures | {"quick": quick}, path.with_suffix(".png"))
     print_table(table_rows(figures["runs"], settings))
     for goal, verdict in figures["goals"].items():
         print(f"goal {goal}: {'met' if verdict['met'] else 'not met'}")
