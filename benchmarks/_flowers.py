@@ -52,6 +52,9 @@ def flowers_split(per_class: int | None = None, val_fraction: float = 0.3,
                   test_fraction: float = 0.0, seed: int = SEED) -> tuple[Dataset, DataConfig]:
     """flowers-128 split stratified with `seed` (train optionally subsampled per class).
 
+    The seed goes into `split_seed` too: `DataConfig.split_seed` is fixed (0) by default,
+    so without it every seed drew split 0 (B9's first run scored on it).
+
     Example::
 
         dataset, cfg = flowers_split(val_fraction=0.15, test_fraction=0.15)
@@ -59,7 +62,7 @@ def flowers_split(per_class: int | None = None, val_fraction: float = 0.3,
     require_assets()
     cfg = DataConfig(dataset="folder", path=str(FLOWERS), image_size=IMAGE_SIZE,
                      val_fraction=val_fraction, test_fraction=test_fraction,
-                     per_class=per_class)
+                     per_class=per_class, split_seed=seed)
     return tltk_data.load(cfg, seed=seed), cfg
 
 

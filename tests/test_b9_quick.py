@@ -99,3 +99,16 @@ def test_quick_race_writes_every_run_goals_and_plot(tmp_path, monkeypatch):
     assert set(figures["goals"]) == {"lead_at_40s", "stretch_85pct_test_top1_at_40s",
                                      "budget_kept_by_every_tltk_run"}
     assert all(isinstance(g["met"], bool) for g in figures["goals"].values())
+
+
+@pytest.mark.realdata
+def test_the_held_out_split_is_not_the_design_split():
+    require_shared()
+    from benchmarks.b6_recipes import Settings, flowers_data
+
+    held_out = b9.split(b9.FULL, few_shot=False)
+    design = flowers_data(Settings(0, None, None, None, ()), 0)
+    for name in ("train", "val", "test"):
+        assert held_out.paths[name] != design.paths[name], name
+    overlap = set(held_out.paths["test"]) & set(design.paths["test"])
+    assert len(overlap) < 0.3 * len(design.paths["test"]), "a fresh 15 % draw shares ~15 %"
