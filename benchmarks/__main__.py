@@ -14,7 +14,7 @@ import sys
 BENCHMARKS = {"b1": "b1_augment", "b2": "b2_feature_cache", "b3": "b3_pipeline",
               "b4": "b4_extraction", "b5": "b5_time_to_accuracy", "b6": "b6_recipes",
               "b7": "b7_cache_memory", "b8": "b8_cached_finetune", "b9": "b9_fair_race",
-              "b10": "b10_budget_design", "b11": "b11_precision"}
+              "b10": "b10_budget_design", "b11": "b11_precision", "b12": "b12_head_design"}
 
 
 def main(argv: list[str]) -> None:

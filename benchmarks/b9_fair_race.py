@@ -96,17 +96,22 @@ class Settings:
 
 
 def ladder(budgets_s, seeds, long_s: float | None, long_peers: int, few_shot_s: float | None,
-           few_shot_seeds, rung_seeds: dict | None = None) -> tuple[Rung, ...]:
+           few_shot_seeds, rung_seeds: dict | None = None,
+           rung_peers: dict | None = None) -> tuple[Rung, ...]:
     """The rungs: every budget with `seeds` (or its own from `rung_seeds`, budget ->
-    seeds), the few-shot rung, then the long one.
+    seeds; only tltk and the best peers of the rung before when `rung_peers`, budget ->
+    count, names it), the few-shot rung, then the long one.
 
     Example:
         >>> [r.name for r in ladder((120, 360), (1, 2, 3), 1200, 2, 120, (1,))]
         ['2min', '6min', 'few-shot 2min', '20min']
         >>> [r.seeds for r in ladder((120, 360), (1, 2, 3), None, 0, None, (), {360: (1, 2)})]
         [(1, 2, 3), (1, 2)]
+        >>> [r.best_peers for r in ladder((120, 360), (1,), None, 0, None, (), None, {360: 2})]
+        [None, 2]
     """
-    rungs = [Rung(label(b), b, tuple((rung_seeds or {}).get(b, seeds))) for b in budgets_s]
+    rungs = [Rung(label(b), b, tuple((rung_seeds or {}).get(b, seeds)),
+                  best_peers=(rung_peers or {}).get(b)) for b in budgets_s]
     if few_shot_s and few_shot_seeds:
         rungs.append(Rung(f"few-shot {label(few_shot_s)}", few_shot_s, tuple(few_shot_seeds),
                           few_shot=True))
@@ -567,6 +572,9 @@ def parse(argv: list[str] | None) -> tuple[bool, argparse.Namespace, Settings]:
     parser.add_argument("--seeds", help="comma-separated training seeds")
     parser.add_argument("--rung-seeds", action="append", default=[], metavar="BUDGET=SEEDS",
                         help="one budget's own seeds, e.g. 360=1,2 (repeatable)")
+    parser.add_argument("--rung-peers", action="append", default=[], metavar="BUDGET=N",
+                        help="at that budget, tltk and the N best peers of the rung before, "
+                             "e.g. 360=2 (repeatable)")
     parser.add_argument("--long", type=float, help="seconds of the long rung (0: none)")
     parser.add_argument("--long-peers", type=int, help="peers at the long rung (default 2)")
     parser.add_argument("--few-shot-seeds", help="comma-separated; '' for no few-shot rung")
@@ -600,8 +608,9 @@ def changes(args, base: Settings) -> dict:
         raise SystemExit(f"--arms: unknown {unknown} or tltk missing; choose from {ARMS}")
     rung_seeds = {float(b): numbers(x, int) for b, x in
                   (item.split("=", 1) for item in args.rung_seeds)}
+    rung_peers = {float(b): int(n) for b, n in (item.split("=", 1) for item in args.rung_peers)}
     fields = {"rungs": ladder(budgets, seeds, long_s, peers or 0, few and few.budget_s,
-                              few_seeds, rung_seeds), "arms": arms,
+                              few_seeds, rung_seeds, rung_peers), "arms": arms,
               "backbone": args.backbone_file, "image_size": args.image_size,
               "train_per_class": args.per_class, "eval_per_class": args.eval_per_class}
     return {k: v for k, v in fields.items() if v is not None}

@@ -7,15 +7,18 @@ classifier. The cost ratios measured once on the design split (flowers-128 split
 EfficientNet-Lite0; `benchmarks/results/b10_budget_design.json`, copied into `DESIGN`)
 turn them into the cost of every part at every size in SIZES. The rules then pick:
 
-1. the fine-tuning mode: the whole network on images when at least WHOLE_MIN_EPOCHS
-   fit (B6 on the design split: `folder`'s one-cycle over 5 epochs added 3.1-5.7
-   points to the head), else the top block on cached activations of 4, 2 or 1
-   augmented views when at least TOP_MIN_EPOCHS fit (B6: the cached top block at Adam
-   1e-4 added 1.5-2 points in 10 epochs, 4.2 in 75), else none;
-2. the image size: the size the head probe of B10 ranks best among those that afford
-   the best mode, ties within HEAD_TIE to the smaller (cheaper) size;
-3. the head epochs on cached features: the recipe's, fewer when even they do not fit;
-4. the epochs, over which the schedule is stretched (one-cycle for the whole network).
+1. at each size, the fine-tuning mode: the whole network on images when at least
+   WHOLE_MIN_EPOCHS fit, else the top block on cached activations of 4, 2 or 1
+   augmented views when at least TOP_MIN_EPOCHS fit, else none; the head epochs on
+   cached features: the recipe's, fewer when even they do not fit;
+2. among the plans whose head gets at least HEAD_SATURATED_EPOCHS (B12: the head's val
+   top-1 stops rising by then), the one the design evidence expects best: the head's
+   val top-1 at its size (B12's head probe) plus its mode's gain over the head
+   (MODE_GAIN), ties within HEAD_TIE to the smaller (cheaper) size, then to the mode
+   that trains more. So a larger image for the head can beat a fine-tuning mode that
+   only a smaller one affords (B12: 160 px gives the head 1.9 points over 128 px; the
+   cached top block gave it 0-0.8 in B9's first run);
+3. the epochs, over which the schedule is stretched (one-cycle for the whole network).
 
 The plan is printed, applied to the config (image size, stages) and saved in
 config.yaml under `budget`, so `--resume` continues it unchanged. A `Deadline` callback
@@ -47,24 +50,30 @@ SIZES = (128, 160, 192, 224)
 WHOLE_MIN_EPOCHS = 5
 TOP_MIN_EPOCHS = 10
 TOP_VIEWS = (4, 2, 1)
-HEAD_TIE = 0.005  # head-probe differences under half a point are noise (B10)
+HEAD_TIE = 0.005  # head-probe differences under half a point are noise (B12: sd 0.1-0.8)
+HEAD_SATURATED_EPOCHS = 13  # B12: the head's best val by 1,200 steps (13 epochs) at every size
+# What each fine-tuning mode adds to the head's val top-1 on the design split: the whole
+# network, `folder`'s one-cycle over 5 epochs, 3.1-5.7 points (B6; the lower end); the
+# cached top block, 0 and 0.8 points in B9's first run (which scored on split seed 0).
+MODE_GAIN = {"none": 0.0, "top": 0.004, "whole": 0.031}
 SAFETY = 0.95  # plan to end at 95 % of the budget; the Deadline guards the rest
 # The fine-tuning stages the planner writes: `folder`'s whole-network one-cycle and the
 # cached top block of B6's `ft_top1_cached` arm, as measured on the design split.
 WHOLE_STAGE = {"unfreeze": "all", "optimizer": "adam", "lr": 1e-4, "schedule": "onecycle",
                "cache_features": False, "epochs": 1}
-# From results/b10_budget_design.json ("derived"; tests/test_budget.py checks they
-# match): per-image costs as ratios to the frozen backbone's forward pass, fixed costs
-# (first, tracing calls; an epoch's own overhead in fit) as ratios to that forward
-# pass's first call, the forward pass's growth with the image side, and the head
-# stage's best val top-1 per size.
+# From results/b10_budget_design.json ("derived") and, for the head's val top-1 per
+# size, results/b12_head_design.json (tests/test_budget.py checks they match): per-image
+# costs as ratios to the frozen backbone's forward pass, fixed costs (first, tracing
+# calls; an epoch's own overhead in fit) as ratios to that forward pass's first call,
+# the forward pass's growth with the image side, and the head stage's best val top-1
+# per size (`folder`'s head, 20 epochs, mean of 3 seeds).
 DESIGN = {
-    "ratio_to_forward": {"classifier": 0.981, "head_step": 0.044, "whole_step": 3.436,
-                         "top_cut": 1.342, "top_step": 0.195},
-    "side_exponent": 1.18, "reference_size": 192,
-    "ratio_to_trace": {"trace_head": 0.563, "trace_whole": 6.013, "trace_top": 1.042,
-                       "epoch_overhead": 0.092},
-    "head_val_top1": {128: 0.7381, 160: 0.7396, 192: 0.7365, 224: 0.7442},
+    "ratio_to_forward": {"classifier": 1.319, "head_step": 0.045, "whole_step": 4.761,
+                         "top_cut": 1.168, "top_step": 0.365},
+    "side_exponent": 2.4, "reference_size": 192,
+    "ratio_to_trace": {"trace_head": 0.701, "trace_whole": 8.837, "trace_top": 1.461,
+                       "epoch_overhead": 0.068},
+    "head_val_top1": {128: 0.7355, 160: 0.754, 192: 0.7514, 224: 0.7596},
 }
 MODES = ("none", "top", "whole")  # in the order of how much they train
 
@@ -144,9 +153,9 @@ def _minutes(seconds: float) -> str:
 
 def make_plan(budget_s: float, measured: Measured, head_epochs: int,
               sizes: tuple[int, ...] = SIZES) -> Plan:
-    """The plan: the most training any size affords (the fine-tuning mode, then the head
-    epochs), at the best head-probe size among those that afford it (ties to the
-    smaller), with as many epochs as fit.
+    """The plan the design evidence expects best (`expected_top1`) among those whose
+    head gets its epochs, ties to the smaller size, then to more training; with as many
+    epochs as fit. When no size gives the head its epochs: the most head epochs.
 
     Example::
 
@@ -154,17 +163,23 @@ def make_plan(budget_s: float, measured: Measured, head_epochs: int,
         # 'whole'
     """
     plans = [_plan_at(size, budget_s, measured, head_epochs) for size in sizes]
-    best = max(_rank(p) for p in plans)
-    candidates = [p for p in plans if _rank(p) == best]
-    probe = DESIGN["head_val_top1"]
-    top = max(probe.get(p.image_size, 0.0) for p in candidates)
-    return min((p for p in candidates if probe.get(p.image_size, 0.0) >= top - HEAD_TIE),
-               key=lambda p: p.image_size)
+    full = [p for p in plans if p.head_epochs >= min(head_epochs, HEAD_SATURATED_EPOCHS)]
+    if not full:
+        return max(plans, key=lambda p: (p.head_epochs, -p.image_size))
+    best = max(expected_top1(p) for p in full)
+    return min((p for p in full if expected_top1(p) >= best - HEAD_TIE),
+               key=lambda p: (p.image_size, -MODES.index(p.finetune)))
 
 
-def _rank(plan: Plan) -> tuple[int, int]:
-    """How much a plan trains: its fine-tuning mode, then its head epochs."""
-    return MODES.index(plan.finetune), plan.head_epochs
+def expected_top1(plan: Plan) -> float:
+    """The val top-1 the design evidence expects of `plan`: its size's head probe plus
+    its fine-tuning mode's gain (0 for a size the probe never measured).
+
+    Example:
+        >>> round(expected_top1(Plan(360, 160, 20, "top", 12, 2, 300.0, 340.0)), 4)
+        0.758
+    """
+    return DESIGN["head_val_top1"].get(plan.image_size, 0.0) + MODE_GAIN[plan.finetune]
 
 
 def _plan_at(size: int, budget_s: float, m: Measured, head_epochs: int) -> Plan:
