@@ -66,7 +66,10 @@ def test_goals_judge_margins_against_the_noise():
     stretch = [k for k in goals if "stretch" in k]
     assert stretch == ["stretch_85pct_test_top1_at_20min"] and goals[stretch[0]]["met"]
     assert goals["budget_kept_by_every_tltk_run"] == {"met": True, "worst_clock_over_budget": 1.0,
-                                                     "runs": 5}
+                                                     "runs": 5, "failed": []}
+    refused = {**record("2min", "tltk", 4, 0.0), "status": "failed: RunFailed: exit 2"}
+    kept = b9.goals([*records, refused], settings)["budget_kept_by_every_tltk_run"]
+    assert not kept["met"] and kept["failed"] == ["2min seed 4: failed: RunFailed: exit 2"]
 
 
 def test_the_full_run_is_planned_to_about_three_and_a_half_hours():
