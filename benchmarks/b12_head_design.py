@@ -48,6 +48,7 @@ from benchmarks.b6_recipes import Settings as SplitSettings
 from benchmarks.b6_recipes import flowers_data, link_tree
 from benchmarks.peers import LITE0
 from tltk.data.core import make_pipeline
+from tltk.data.core import subsample_per_class as few_shot
 from tltk.engine import budget
 from tltk.engine.run import prepare
 from tltk.engine.stage import one_hot_labels, plan_stage, stage_loss
@@ -75,13 +76,6 @@ def features(config, size: int) -> tuple[dict, keras.Model, int]:
         images = make_pipeline(split, size, 64, training=False, seed=0, cache=False)
         out[name] = (plan.lower.predict(images.map(lambda x, y: x), verbose=0), split.labels)
     return out, plan.fitted, ctx.dataset.num_classes
-
-
-def few_shot(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
-    """Indices of `per_class` training images a class, drawn with `seed`."""
-    rng = np.random.default_rng(seed)
-    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class]
-                                   for c in np.unique(labels)]))
 
 
 def head_curve(config, template: keras.Model, classes: int, feats: dict,

@@ -71,6 +71,7 @@ from benchmarks.peers import (
     decoded,
 )
 from recipes import folder
+from tltk.data.core import subsample_per_class
 from tltk.evaluation.metrics import tta_views
 from tltk.log import silent
 
@@ -144,16 +145,10 @@ def flowers_data(settings: Settings, split_seed: int = SEED) -> Data:
     for name, split in dataset.splits.items():
         keep = np.arange(len(split))
         if name != "train" and settings.eval_per_class:
-            keep = _per_class(split.labels, settings.eval_per_class)
+            keep = subsample_per_class(split.labels, settings.eval_per_class, SEED)
         paths[name] = [split.paths[i] for i in keep]
         labels[name] = split.labels[keep]
     return Data(paths, labels, dataset.class_names)
-
-
-def _per_class(labels: np.ndarray, count: int) -> np.ndarray:
-    rng = np.random.default_rng(SEED)
-    keep = [rng.permutation(np.flatnonzero(labels == c))[:count] for c in np.unique(labels)]
-    return np.sort(np.concatenate(keep))
 
 
 def link_tree(data: Data, root: Path) -> Path:
