@@ -30,6 +30,7 @@ Example:
     $ python -m benchmarks b9 --plan
     $ python -m benchmarks b9 --quick
     $ python -m benchmarks b9 --budgets=60 --seeds=1 --arms=tltk,fastai --few-shot-seeds=
+    $ python -m benchmarks b9 --split-seed=0 --arms=tltk --budgets=120 --long=0  # design
 """
 
 from __future__ import annotations
@@ -584,6 +585,9 @@ def parse(argv: list[str] | None) -> tuple[bool, argparse.Namespace, Settings]:
     parser.add_argument("--arms", help=f"comma-separated, from {','.join(ARMS)}")
     parser.add_argument("--backbone-file", help="a .keras model file with top_activation")
     parser.add_argument("--image-size", type=int, help="one size for every arm")
+    parser.add_argument("--split-seed", type=int,
+                        help=f"the flowers split's seed (default {HOLDOUT_SEED}, held out; "
+                             "0 is the design split)")
     parser.add_argument("--per-class", type=int, help="training images per class")
     parser.add_argument("--eval-per-class", type=int, help="val and test images per class")
     args = parser.parse_args(argv)
@@ -615,7 +619,8 @@ def changes(args, base: Settings) -> dict:
     fields = {"rungs": ladder(budgets, seeds, long_s, peers or 0, few and few.budget_s,
                               few_seeds, rung_seeds, rung_peers), "arms": arms,
               "backbone": args.backbone_file, "image_size": args.image_size,
-              "train_per_class": args.per_class, "eval_per_class": args.eval_per_class}
+              "train_per_class": args.per_class, "eval_per_class": args.eval_per_class,
+              "split_seed": args.split_seed}
     return {k: v for k, v in fields.items() if v is not None}
 
 

@@ -3,6 +3,7 @@ cached-feature stages, and the run directory."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -106,11 +107,39 @@ def test_cached_feature_stage_metrics_equal_the_whole_models(tmp_path, tiny_back
     result = train(config, say=silent)
     history = result.history
     metrics = result.metrics.set_index(["weights", "split"])
-    # The last epoch's val accuracy was computed by the head on cached features;
-    # metrics.csv comes from the whole saved model on images.
+    # The last epoch's val accuracy was computed by the head on cached features, and so
+    # was metrics.csv (the backbone never trained); both match the whole saved models
+    # on images.
     assert metrics.loc[("final", "val"), "top1"] == pytest.approx(
         100 * history["val_top1"].iloc[-1], abs=0.01)
-    assert list((Path(os.environ["TLTK_CACHE"]) / "features").glob("*.npy")), "cached on disk"
+    from tltk import data as tltk_data
+    from tltk.evaluation.metrics import predict_split
+
+    ds = tltk_data.load(result.config.data, seed=result.config.seed)
+    for weights in ("best", "final"):
+        model = load_keras_file(result.run_dir / f"{weights}.keras")
+        for split in ("val", "test"):
+            saved = np.load(result.run_dir / "predictions" / f"{weights}-{split}.npz")
+            np.testing.assert_allclose(predict_split(model, ds, split, 32, 16),
+                                       saved["probs"], atol=1e-5)
+    cached = list((Path(os.environ["TLTK_CACHE"]) / "features").glob("*.json"))
+    splits = sorted({json.loads(p.read_text())["key"]["views"] for p in cached})
+    assert len(cached) == 3 and splits == [1, 2], "train (2 views), val and test, on disk"
+
+
+@pytest.mark.slow
+def test_a_run_that_tuned_the_backbone_is_evaluated_on_images(tmp_path, tiny_backbone):
+    from tltk.engine.run import prepare, shared_features
+
+    config = tiny(tmp_path, [StageConfig("bottleneck", epochs=1, unfreeze=0, augment=False),
+                             StageConfig("tune", epochs=1, unfreeze="all", augment=False)],
+                  backbone="tiny")
+    result = train(config, say=silent)
+    ctx = prepare(result.config, tiny_backbone, say=silent, dry_run=True)  # untrained
+    assert shared_features(ctx, {"before": ctx.model, "final": result.model}) is None
+    assert shared_features(ctx, {"final": result.model}) is not None
+    flip = dataclasses.replace(ctx, config=result.config.override({"tta": "flip"}))
+    assert shared_features(flip, {"final": result.model}) is None, "TTA sees images"
 
 
 @pytest.mark.slow
@@ -123,7 +152,7 @@ def test_feature_cache_is_reused_and_keyed(tmp_path, tiny_backbone):
     assert set(cache_dir.glob("*.npy")) == first, "a second identical run reuses the cache"
     other = tiny(tmp_path / "c", stages, backbone="tiny").override({"data.image_size": 40})
     train(other, say=silent)
-    assert len(set(cache_dir.glob("*.npy")) - first) == 2, "a new image size rebuilds"
+    assert len(set(cache_dir.glob("*.npy")) - first) == 3, "a new size rebuilds train, val, test"
 
 
 def test_bad_settings_are_one_line_errors(tmp_path):

@@ -20,6 +20,11 @@ turn them into the cost of every part at every size in SIZES. The rules then pic
    cached top block gave it 0-0.8 in B9's first run);
 3. the epochs, over which the schedule is stretched (one-cycle for the whole network).
 
+Every plan leaves time for the final evaluation. Without fine-tuning it is short: the
+backbone never changed, so the heads classify cached features and only test is
+extracted (`tltk.engine.run.shared_features`), which is what lets a 2-minute budget
+afford 160 px.
+
 The plan is printed, applied to the config (image size, stages) and saved in
 config.yaml under `budget`, so `--resume` continues it unchanged. A `Deadline` callback
 stops training if the run falls behind its plan, so that the final evaluation still
@@ -56,6 +61,9 @@ HEAD_SATURATED_EPOCHS = 13  # B12: the head's best val by 1,200 steps (13 epochs
 # network, `folder`'s one-cycle over 5 epochs, 3.1-5.7 points (B6; the lower end); the
 # cached top block, 0 and 0.8 points in B9's first run (which scored on split seed 0).
 MODE_GAIN = {"none": 0.0, "top": 0.004, "whole": 0.031}
+# Batches timed through the backbone (after a warm-up), their median kept: B9's first
+# held-out race timed 3 and one run, measuring 60 % slow, refused a budget it fitted.
+TIMED_BATCHES = 6
 SAFETY = 0.95  # plan to end at 95 % of the budget; the Deadline guards the rest
 # The fine-tuning stages the planner writes: `folder`'s whole-network one-cycle and the
 # cached top block of B6's `ft_top1_cached` arm, as measured on the design split.
@@ -185,16 +193,19 @@ def expected_top1(plan: Plan) -> float:
 def _plan_at(size: int, budget_s: float, m: Measured, head_epochs: int) -> Plan:
     """The plan at one image size (head epochs 0: not even the head fits)."""
     cost = _Costs(m, size)
-    train_until = budget_s * SAFETY - cost.evaluation
-    left = train_until - m.elapsed - m.build
+    left = budget_s * SAFETY - m.elapsed - m.build
     head_fixed = cost.extract(m.train, 1.0) + cost.trace("trace_head")
-    epochs = max(0, min(head_epochs, math.floor((left - head_fixed) / cost.head_epoch)))
-    left -= head_fixed + epochs * cost.head_epoch
-    mode, tuning, views = _finetune(cost, left) if epochs == head_epochs else ("none", 0, 0)
+    epochs = max(0, min(head_epochs, math.floor(
+        (left - cost.evaluation("none") - head_fixed) / cost.head_epoch)))
+    head = head_fixed + epochs * cost.head_epoch
+    mode, tuning, views = "none", 0, 0
+    if epochs == head_epochs:  # fine-tuning changes the backbone: evaluated on images
+        mode, tuning, views = _finetune(cost, left - head - cost.evaluation("tuned"))
     spent = {"none": 0.0, "whole": cost.whole(tuning), "top": cost.top(views, tuning)}[mode]
-    estimated = budget_s * SAFETY - (left - spent)
-    return Plan(budget_s, size, epochs, mode, tuning, views, round(train_until, 1),
-                round(estimated, 1))
+    evaluation = cost.evaluation(mode)
+    return Plan(budget_s, size, epochs, mode, tuning, views,
+                round(budget_s * SAFETY - evaluation, 1),
+                round(m.elapsed + m.build + head + spent + evaluation, 1))
 
 
 def _finetune(cost: _Costs, left: float) -> tuple[str, int, int]:
@@ -221,10 +232,17 @@ class _Costs:
         self.whole_epoch = epoch + m.train * per_image["whole_step"] + m.val * per_image[
             "classifier"]
         self.top_epoch = epoch + (m.train + m.val) * per_image["top_step"]
-        # best and final weights on val and test, each model traced once; saving final,
-        # loading best, the report
-        self.evaluation = (2 * (m.val + m.test) * per_image["classifier"] + 2 * m.trace
-                           + 3 * m.save)
+
+    def evaluation(self, mode: str) -> float:
+        """Best and final weights on val and test, then saving final, loading best and
+        the report. After a frozen backbone (`mode` none) the heads classify val's cached
+        features and test's, extracted once (`tltk.engine.run.shared_features`); after
+        fine-tuning each model classifies the images, each traced once."""
+        m, per_image = self.m, self.per_image
+        if mode == "none":
+            heads = 2 * (m.val + m.test) * per_image["head_step"] + 2 * self.trace("trace_head")
+            return m.test * self.forward + m.trace + heads + 3 * m.save
+        return 2 * (m.val + m.test) * per_image["classifier"] + 2 * m.trace + 3 * m.save
 
     def trace(self, name: str) -> float:
         return DESIGN["ratio_to_trace"][name] * self.m.trace
@@ -296,7 +314,7 @@ def plan_budget(config: RunConfig, budget_s: float, started: float, say=print) -
 def measure(config: RunConfig, spec, size: int, started: float) -> Measured:
     """Build the classifier at `size` as the run will and time it: forward passes (the
     dry run's timing) and one save."""
-    from tltk.engine.dryrun import TIMED_BATCHES, seconds_per_call, timed_batches
+    from tltk.engine.dryrun import seconds_per_call, timed_batches
     from tltk.engine.run import prepare
     from tltk.engine.stage import plan_stage
     from tltk.fileio import save_model

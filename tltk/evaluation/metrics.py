@@ -12,6 +12,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 import tensorflow as tf
@@ -130,12 +132,15 @@ def metrics_rows(weights: str, split: str, probs: np.ndarray, labels: np.ndarray
 
 def evaluate_models(models: dict, dataset: Dataset, run: RunDir, image_size: int,
                     batch_size: int, k: int, resize_policy: str = "stretch",
-                    write: bool = True, tta: str = "none") -> pd.DataFrame:
+                    write: bool = True, tta: str = "none",
+                    features: Callable[[str], np.ndarray] | None = None) -> pd.DataFrame:
     """Evaluate {"best": model, "final": model, ...} on every eval split.
 
     With `tta` other than none, each weights also gets `<weights>+tta` rows. With
     `write`, the table goes to metrics.csv and predictions to
-    `predictions/<weights>-<split>.npz` (for reports and ensembles).
+    `predictions/<weights>-<split>.npz` (for reports and ensembles). `features(split)`,
+    the pooled features every model's backbone gives (they share its weights), lets
+    each model's head classify them instead of its whole network the images.
     """
     rows = []
     modes = ["none"] if tta == "none" else ["none", tta]
@@ -144,8 +149,10 @@ def evaluate_models(models: dict, dataset: Dataset, run: RunDir, image_size: int
             weights = name if mode == "none" else f"{name}+tta"
             for split in dataset.eval_splits():
                 data = dataset.splits[split]
-                probs = predict_split(model, dataset, split, image_size, batch_size,
-                                      resize_policy, mode)
+                probs = (predict_split(model, dataset, split, image_size, batch_size,
+                                       resize_policy, mode) if features is None or tta != "none"
+                         else model.get_layer("head").predict(features(split),
+                                                              batch_size=batch_size, verbose=0))
                 arrays = {"probs": probs.astype(np.float32), "labels": data.labels}
                 if data.paths is not None:
                     arrays["paths"] = np.asarray(data.paths)
