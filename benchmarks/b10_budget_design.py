@@ -14,6 +14,10 @@ At every candidate size of the planner (`tltk.engine.budget.SIZES`):
   forward pass and fixed ones (traces, epoch overhead) as ratios to the forward pass's
   tracing call, both timed again on the user's machine, so a faster or slower machine,
   or a smaller model, scales them;
+- the end of a run beyond its predictions (`finish_costs`): loading a saved classifier
+  (the best weights) and writing the report (`write_run_report`: curves, confusion,
+  Grad-CAM of 16 mistakes), timed after a one-epoch head run on 20 training and 10
+  val and test images a class;
 - the head stage's accuracy: `tltk train folder --epochs-finetune 0` at that size, best
   validation top-1 (a probe of how much the size gives the frozen features).
 
@@ -87,8 +91,28 @@ def costs(config, size: int) -> dict:
         save_model(ctx.model, Path(tmp) / "m.keras")
         out["save"] = time.perf_counter() - started
     traces = ("trace_predict", "trace_head", "trace_whole", "trace_top", "save",
-              "epoch_overhead")
+              "epoch_overhead")  # seconds a call; the rest per image
     return {k: round(v if k in traces else v * per_image, 6) for k, v in out.items()}
+
+
+def finish_costs(config, size: int, tree: Path, work: Path) -> dict:
+    """Seconds to load a run's saved classifier and to write its report (the second
+    report: `train` wrote the first, which also loads matplotlib's fonts)."""
+    from tltk.engine.run import train
+    from tltk.evaluation.reports import write_run_report
+    from tltk.saving import load_keras_file
+
+    run = train(config.override({"data.path": str(tree), "data.image_size": size,
+                                 "stages.bottleneck.epochs": 1, "stages.finetune.epochs": 0,
+                                 "out": str(work / f"finish-{size}"),
+                                 "cache_dir": str(work / "cache")}), say=lambda _: None).run_dir
+    started = time.perf_counter()
+    load_keras_file(run / "best.keras")
+    load = time.perf_counter() - started
+    started = time.perf_counter()
+    write_run_report(run)
+    keras.backend.clear_session()
+    return {"load": round(load, 3), "report": round(time.perf_counter() - started, 3)}
 
 
 def _step(plan, batches, classes: int) -> tuple[float, float]:
@@ -148,12 +172,15 @@ def run(quick: bool, heads: dict | None = None) -> dict:
                         DESIGN_SPLIT_SEED)
     sizes = budget.SIZES[:1] if quick else budget.SIZES
     by_size = {}
+    small = flowers_data(SplitSettings(0, 20, 10, None, ()), DESIGN_SPLIT_SEED)
     with tempfile.TemporaryDirectory(prefix="b10-") as tmp:
         tree = link_tree(data, Path(tmp) / "data")
+        small_tree = link_tree(small, Path(tmp) / "small")
         config = base_config("folder", None).override(
             {"backbone": str(LITE0), "data.path": str(tree)})
         for size in sizes:
-            by_size[size] = {"costs": costs(config, size),
+            by_size[size] = {"costs": {**costs(config, size),
+                                       **finish_costs(config, size, small_tree, Path(tmp))},
                              "head": (heads or {}).get(str(size))
                              or head_probe(config, size, tree, Path(tmp))}
             print(f"  {size} px: {by_size[size]}", flush=True)
@@ -177,7 +204,7 @@ def derived(by_size: dict) -> dict:
     else:
         exponent = None
     ref = sizes[len(sizes) // 2]
-    fixed = ("trace_head", "trace_whole", "trace_top", "epoch_overhead")
+    fixed = ("trace_head", "trace_whole", "trace_top", "epoch_overhead", "load", "report")
     return {"ratio_to_forward": ratio, "side_exponent": exponent, "reference_size": ref,
             "ratio_to_trace": {k: round(statistics.median(
                 by_size[s]["costs"][k] / by_size[s]["costs"]["trace_predict"] for s in sizes), 3)

@@ -72,15 +72,16 @@ WHOLE_STAGE = {"unfreeze": "all", "optimizer": "adam", "lr": 1e-4, "schedule": "
 # From results/b10_budget_design.json ("derived") and, for the head's val top-1 per
 # size, results/b12_head_design.json (tests/test_budget.py checks they match): per-image
 # costs as ratios to the frozen backbone's forward pass, fixed costs (first, tracing
-# calls; an epoch's own overhead in fit) as ratios to that forward pass's first call,
+# calls; an epoch's own overhead in fit; loading a saved classifier; the report) as
+# ratios to that forward pass's first call,
 # the forward pass's growth with the image side, and the head stage's best val top-1
 # per size (`folder`'s head, 20 epochs, mean of 3 seeds).
 DESIGN = {
-    "ratio_to_forward": {"classifier": 1.319, "head_step": 0.045, "whole_step": 4.761,
-                         "top_cut": 1.168, "top_step": 0.365},
-    "side_exponent": 2.4, "reference_size": 192,
-    "ratio_to_trace": {"trace_head": 0.701, "trace_whole": 8.837, "trace_top": 1.461,
-                       "epoch_overhead": 0.068},
+    "ratio_to_forward": {"classifier": 1.105, "head_step": 0.041, "whole_step": 4.486,
+                         "top_cut": 1.008, "top_step": 0.289},
+    "side_exponent": 1.94, "reference_size": 192,
+    "ratio_to_trace": {"trace_head": 0.606, "trace_whole": 8.474, "trace_top": 1.185,
+                       "epoch_overhead": 0.075, "load": 0.917, "report": 4.003},
     "head_val_top1": {128: 0.7355, 160: 0.754, 192: 0.7514, 224: 0.7596},
 }
 MODES = ("none", "top", "whole")  # in the order of how much they train
@@ -235,14 +236,16 @@ class _Costs:
 
     def evaluation(self, mode: str) -> float:
         """Best and final weights on val and test, then saving final, loading best and
-        the report. After a frozen backbone (`mode` none) the heads classify val's cached
-        features and test's, extracted once (`tltk.engine.run.shared_features`); after
-        fine-tuning each model classifies the images, each traced once."""
+        the report (B10's `finish_costs`). After a frozen backbone (`mode` none) the
+        heads classify val's cached features and test's, extracted once
+        (`tltk.engine.run.shared_features`); after fine-tuning each model classifies
+        the images, each traced once."""
         m, per_image = self.m, self.per_image
+        end = m.save + self.trace("load") + self.trace("report")
         if mode == "none":
             heads = 2 * (m.val + m.test) * per_image["head_step"] + 2 * self.trace("trace_head")
-            return m.test * self.forward + m.trace + heads + 3 * m.save
-        return 2 * (m.val + m.test) * per_image["classifier"] + 2 * m.trace + 3 * m.save
+            return m.test * self.forward + m.trace + heads + end
+        return 2 * (m.val + m.test) * per_image["classifier"] + 2 * m.trace + end
 
     def trace(self, name: str) -> float:
         return DESIGN["ratio_to_trace"][name] * self.m.trace
