@@ -85,7 +85,9 @@ def test_quick_race_writes_every_run_goals_and_plot(tmp_path, monkeypatch):
     require_shared()
     from benchmarks import _common
 
-    monkeypatch.setattr(_common, "RESULTS_DIR", tmp_path)  # keep the real results intact
+    # Keep the real results intact: the JSON goes through _common, the runs log is b9's.
+    monkeypatch.setattr(_common, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(b9, "RESULTS_DIR", tmp_path)
     model = tiny_model_file(tmp_path / "tiny.keras", 32)
     # tltk and one peer at 40 s (a process's TensorFlow start-up is inside the budget).
     b9.main(["--quick", "--arms=tltk,keras_guide", "--budgets=40", "--long=0",
@@ -93,6 +95,7 @@ def test_quick_race_writes_every_run_goals_and_plot(tmp_path, monkeypatch):
              "--per-class=4", "--eval-per-class=2"])
     figures = json.loads((tmp_path / "b9_fair_race_quick.json").read_text())
     assert (tmp_path / "b9_fair_race_quick.png").is_file()
+    assert (tmp_path / "b9_fair_race_quick_runs.jsonl").is_file()
     runs = {r["arm"]: r for r in figures["runs"]}
     assert set(runs) == {"tltk", "keras_guide"}
     for arm, run in runs.items():

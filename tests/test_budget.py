@@ -78,6 +78,26 @@ def test_a_frozen_backbone_leaves_evaluation_to_cached_features():
     assert (plan.image_size, plan.head_epochs, plan.finetune) == (160, 20, "none"), plan
 
 
+def test_a_measured_head_epoch_costs_the_same_at_every_size():
+    """Pooled features have one size whatever the image's, so the timed head epoch
+    (`time_head`) is not scaled with the image side as the forward pass is."""
+    measured = dataclasses.replace(FLOWERS, head_step=2e-4, head_trace=1.5)
+    epochs = {budget._Costs(measured, size).head_epoch for size in budget.SIZES}
+    expected = budget.IMPROVING * FLOWERS.save + (FLOWERS.train + FLOWERS.val) * 2e-4
+    assert len(epochs) == 1 and epochs.pop() == pytest.approx(expected)
+    assert budget._Costs(measured, 224).trace("trace_head") == 1.5
+
+
+def test_a_head_epoch_that_does_not_fit_whole_is_still_planned():
+    """B9: a run that timed its head on a busy moment refused a budget it fitted; when
+    the extraction and the evaluation fit, one head epoch is planned (the Deadline ends
+    it in time), and only when they do not is the budget refused."""
+    slow = dataclasses.replace(FLOWERS, head_step=0.02, head_trace=1.0, elapsed=20.0)
+    plan = make_plan(120, slow, head_epochs=20)
+    assert plan.head_epochs == 1 and plan.finetune == "none", plan
+    assert make_plan(60, slow, head_epochs=20).head_epochs == 0
+
+
 def test_every_plan_ends_within_its_budget():
     for seconds in (20, 60, 120, 360, 1200):
         plan = make_plan(seconds, FLOWERS, head_epochs=20)
@@ -138,6 +158,7 @@ def test_a_tiny_model_keeps_a_tiny_budget(tmp_path):
     assert wall <= seconds * 1.1, (wall, done.stdout)
     saved = RunConfig.load(run / "config.yaml").budget
     assert saved["seconds"] == seconds and saved["plan"]["head_epochs"] > 0
+    assert saved["measured"]["head_step"] > 0 and saved["measured"]["head_trace"] > 0
 
 
 @pytest.mark.slow

@@ -103,7 +103,8 @@ def test_saved_best_model_reloads_and_reproduces_its_metrics(two_stage_run):
 def test_cached_feature_stage_metrics_equal_the_whole_models(tmp_path, tiny_backbone):
     # The two-block "tiny" backbone (no BatchNorm) stands in for a pretrained one.
     config = tiny(tmp_path, [StageConfig("bottleneck", epochs=3, unfreeze=0,
-                                         feature_views=2)], backbone="tiny")
+                                         feature_views=2)], backbone="tiny").override(
+        {"cache_dir": str(tmp_path / "cache")})  # its own, to count what it cached
     result = train(config, say=silent)
     history = result.history
     metrics = result.metrics.set_index(["weights", "split"])
@@ -122,7 +123,7 @@ def test_cached_feature_stage_metrics_equal_the_whole_models(tmp_path, tiny_back
             saved = np.load(result.run_dir / "predictions" / f"{weights}-{split}.npz")
             np.testing.assert_allclose(predict_split(model, ds, split, 32, 16),
                                        saved["probs"], atol=1e-5)
-    cached = list((Path(os.environ["TLTK_CACHE"]) / "features").glob("*.json"))
+    cached = list((tmp_path / "cache").glob("*.json"))
     splits = sorted({json.loads(p.read_text())["key"]["views"] for p in cached})
     assert len(cached) == 3 and splits == [1, 2], "train (2 views), val and test, on disk"
 

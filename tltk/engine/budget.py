@@ -201,12 +201,15 @@ def expected_top1(plan: Plan) -> float:
 
 
 def _plan_at(size: int, budget_s: float, m: Measured, head_epochs: int) -> Plan:
-    """The plan at one image size (head epochs 0: not even the head fits)."""
+    """The plan at one image size (head epochs 0: the features' extraction and the
+    evaluation do not fit). When they fit but a whole head epoch does not, one is
+    planned: the Deadline stops it in time, and a head trained for part of an epoch
+    beats no model (B9: timing on a busy moment once refused a budget that fitted)."""
     cost = _Costs(m, size)
     left = budget_s * SAFETY - m.elapsed - m.build
     head_fixed = cost.extract(m.train, 1.0) + cost.trace("trace_head")
-    epochs = max(0, min(head_epochs, math.floor(
-        (left - cost.evaluation("none") - head_fixed) / cost.head_epoch)))
+    room = left - cost.evaluation("none") - head_fixed
+    epochs = 0 if room < 0 else max(1, min(head_epochs, math.floor(room / cost.head_epoch)))
     head = head_fixed + epochs * cost.head_epoch
     mode, tuning, views = "none", 0, 0
     if epochs == head_epochs:  # fine-tuning changes the backbone: evaluated on images
@@ -323,9 +326,9 @@ def plan_budget(config: RunConfig, budget_s: float, started: float, say=print) -
         f"backbone at {measured.size} px ({measured.trace:.1f} s its first call), "
         f"{measured.save:.1f} s a save, {measured.elapsed:.0f} s before planning")
     if plan.head_epochs == 0:
-        raise TltkError(f"--budget: {_minutes(budget_s)} does not fit even one head epoch "
-                        f"here (start-up and planning took {measured.elapsed:.0f} s); give a "
-                        "longer budget")
+        raise TltkError(f"--budget: {_minutes(budget_s)} does not fit caching the features "
+                        f"and evaluating here (start-up and planning took "
+                        f"{measured.elapsed:.0f} s); give a longer budget")
     return apply_plan(config, plan, measured)
 
 
