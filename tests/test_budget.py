@@ -106,6 +106,18 @@ def test_every_plan_ends_within_its_budget():
             assert plan.train_until_s < seconds
 
 
+def test_fixed_costs_never_fall_below_a_first_fit():
+    """A tiny backbone's forward pass traces in milliseconds, but a fit's own set-up does
+    not shrink with the model: the head's timed first fit is the floor of every fixed
+    cost, so the plan keeps time for the report and the first whole-network epoch."""
+    tiny = dataclasses.replace(FLOWERS, trace=0.05, head_step=1e-4, head_trace=1.0)
+    traced = dataclasses.replace(tiny, trace=1.0)
+    assert make_plan(120, tiny, 20) == make_plan(120, traced, 20)
+    plan = make_plan(120, tiny, 20, sizes=(160,))
+    report = budget.DESIGN["ratio_to_trace"]["report"] * tiny.head_trace
+    assert 120 * budget.SAFETY - plan.train_until_s > report, "the Deadline leaves it"
+
+
 def test_a_fixed_image_size_is_kept():
     plan = make_plan(1200, FLOWERS, head_epochs=20, sizes=(128,))
     assert plan.image_size == 128 and plan.finetune == "whole"
@@ -120,6 +132,23 @@ def test_the_plan_round_trips_through_config_yaml():
     assert again.data.image_size == plan.image_size
     head, tune = again.stages
     assert (head.epochs, tune.epochs) == (plan.head_epochs, plan.finetune_epochs)
+
+
+def test_bf16_is_planned_where_b11_found_it_faster():
+    from tltk.models.backbones import get_backbone
+
+    amx, plain = frozenset({"amx_bf16", "avx512f"}), frozenset({"avx2"})
+    assert budget.choose_precision(get_backbone("vgg19"), amx) == "mixed_bfloat16"
+    assert budget.choose_precision(get_backbone("vgg19"), plain) == "float32"
+    for slower in ("resnet50", "mobilenetv2", "efficientnetb0"):  # B11
+        assert budget.choose_precision(get_backbone(slower), amx) == "float32"
+    bf16 = dataclasses.replace(FLOWERS, precision="mixed_bfloat16")
+    plan = make_plan(360, bf16, head_epochs=20)
+    assert plan.precision == "mixed_bfloat16" and " in mixed_bfloat16: " in plan.describe()
+    config = apply_plan(base_config("folder"), plan, bf16)
+    assert config.precision == "mixed_bfloat16"
+    assert RunConfig.from_yaml(config.to_yaml()).budget["measured"]["precision"] == (
+        "mixed_bfloat16")
 
 
 def test_recipes_without_a_head_stage_are_refused():
@@ -188,6 +217,22 @@ def test_dry_run_shows_the_plan_and_trains_nothing(tmp_path):
                      "10m", "--dry-run"], tiny=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "plan for 10.0 min at 32 px" in done.stdout and not out.exists()
+
+
+@pytest.mark.slow
+def test_the_planner_times_and_runs_the_precision_it_picks(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from tltk.cli import main
+
+    monkeypatch.setattr(budget.runtime, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    args = ["train", "folder", "--backbone", "vgg16", "--weights", "none", "--image-size", "32",
+            "--data", str(photo_folder(tmp_path / "photos")), "--budget", "10m", "--dry-run"]
+    picked = CliRunner().invoke(main, args)
+    assert picked.exit_code == 0, picked.output
+    assert "plan for 10.0 min at 32 px in mixed_bfloat16: " in picked.output
+    kept = CliRunner().invoke(main, [*args, "--precision", "float32"])
+    assert kept.exit_code == 0 and "plan for 10.0 min at 32 px: " in kept.output, kept.output
 
 
 def test_the_rules_use_b10s_design_split_measurements():

@@ -102,3 +102,13 @@ def test_resume_keeps_the_runs_own_config(tmp_path):
         resume.resume_config(run, recipe="folder")
     other = CliRunner().invoke(main, ["train", "--resume", str(run), "--out", str(tmp_path)])
     assert other.exit_code == 2 and "--out: not used with --resume" in other.output
+
+
+def test_a_fault_point_fires_on_the_main_thread(monkeypatch, tmp_path):
+    """Keras dispatches async-safe batch hooks on a worker thread; a fault's Ctrl-C sent
+    from there would land wherever the main thread is (a `__del__` swallows it)."""
+    callback = resume.EpochCheckpoint(RunDir(tmp_path / "run"), "head", None, ())
+    monkeypatch.delenv("TLTK_FAULT", raising=False)
+    assert callback.async_safe
+    monkeypatch.setenv("TLTK_FAULT", "head:1:mid-epoch")
+    assert not callback.async_safe

@@ -50,6 +50,7 @@ import keras
 import numpy as np
 
 from tltk.config import RunConfig
+from tltk.engine import runtime
 from tltk.errors import TltkError
 
 SIZES = (128, 160, 192, 224)
@@ -89,6 +90,13 @@ DESIGN = {
     "head_val_top1": {128: 0.7355, 160: 0.754, 192: 0.7514, 224: 0.7596},
 }
 MODES = ("none", "top", "whole")  # in the order of how much they train
+# keras.applications families that B11 (results/b11_precision*.json) measured faster in
+# mixed_bfloat16 on a CPU with AMX bf16 units, a whole shortened `folder` run included,
+# with accuracy inside the seeds' noise: VGG16 (a training step 4.2x float32's, a whole
+# run in 0.26 of the time, val top-1 +3.2 points, sd 3-4). VGG19 is VGG16 with three more
+# convolutions. Not ResNet50 (a step 1.18x, a whole run 0.97 of the time: no gain worth a
+# precision change) nor the depthwise MobileNetV2 and EfficientNetB0 (a step 0.78x, 0.67x).
+BF16_APPS = ("VGG16", "VGG19")
 
 
 def top_stage(views: int) -> dict:
@@ -129,6 +137,7 @@ class Measured:
     # whatever the image's, so neither grows with it.
     head_step: float | None = None
     head_trace: float | None = None
+    precision: str = "float32"  # the policy all of it was timed under
 
     def forward_at(self, size: int) -> float:
         return self.forward * (size / self.size) ** DESIGN["side_exponent"]
@@ -146,6 +155,7 @@ class Plan:
     views: int  # cached augmented views of the top mode (0 otherwise)
     train_until_s: float  # the Deadline: training stops here at the latest
     estimated_s: float  # the last file written, as planned
+    precision: str = "float32"
 
     def describe(self) -> str:
         """One line a person reads.
@@ -160,7 +170,8 @@ block 14 epochs on cached activations (2 views); ends at about 1.8 min'
                          f"activations ({self.views} views)",
                   "whole": f"the whole network {self.finetune_epochs} epochs on images "
                            "(one-cycle)"}[self.finetune]
-        return (f"plan for {_minutes(self.budget_s)} at {self.image_size} px: head "
+        where = "" if self.precision == "float32" else f" in {self.precision}"
+        return (f"plan for {_minutes(self.budget_s)} at {self.image_size} px{where}: head "
                 f"{self.head_epochs} epochs on cached features, then {tuning}; ends at about "
                 f"{_minutes(self.estimated_s)}")
 
@@ -218,7 +229,7 @@ def _plan_at(size: int, budget_s: float, m: Measured, head_epochs: int) -> Plan:
     evaluation = cost.evaluation(mode)
     return Plan(budget_s, size, epochs, mode, tuning, views,
                 round(budget_s * SAFETY - evaluation, 1),
-                round(m.elapsed + m.build + head + spent + evaluation, 1))
+                round(m.elapsed + m.build + head + spent + evaluation, 1), m.precision)
 
 
 def _finetune(cost: _Costs, left: float) -> tuple[str, int, int]:
@@ -240,6 +251,12 @@ class _Costs:
     def __init__(self, m: Measured, size: int):
         per_image = {k: m.forward_at(size) * r for k, r in DESIGN["ratio_to_forward"].items()}
         self.m, self.forward, self.per_image = m, m.forward_at(size), per_image
+        # Fixed costs scale with the slower of the two timed first calls: a small model's
+        # forward pass traces in milliseconds, but Keras's own set-up of a fit (its
+        # tf.data pipeline, train and val functions) does not shrink with the model, and
+        # the head's first fit measures it (a 2-conv backbone: 0.05 s against 1.0 s, and
+        # its first whole-network epoch took 12 s, not the 0.4 s the forward call implied).
+        self.first_call = max(m.trace, m.head_trace or 0.0)
         epoch = m.save + self.trace("epoch_overhead")  # every epoch commits a checkpoint
         # A head epoch commits the head's weights alone (a fraction of a second); only
         # an epoch that improves val saves the classifier (best.keras).
@@ -260,17 +277,17 @@ class _Costs:
         end = m.save + self.trace("load") + self.trace("report")
         if mode == "none":
             heads = 2 * (m.val + m.test) * per_image["head_step"] + 2 * self.trace("trace_head")
-            return m.test * self.forward + m.trace + heads + end
-        return 2 * (m.val + m.test) * per_image["classifier"] + 2 * m.trace + end
+            return m.test * self.forward + self.first_call + heads + end
+        return 2 * (m.val + m.test) * per_image["classifier"] + 2 * self.first_call + end
 
     def trace(self, name: str) -> float:
         if name == "trace_head" and self.m.head_trace is not None:
             return self.m.head_trace
-        return DESIGN["ratio_to_trace"][name] * self.m.trace
+        return DESIGN["ratio_to_trace"][name] * self.first_call
 
     def extract(self, images: float, ratio: float) -> float:
         """Caching `images` training images and the val split, `ratio` of a forward pass."""
-        return (images + self.m.val) * self.forward * ratio + self.m.trace
+        return (images + self.m.val) * self.forward * ratio + self.first_call
 
     def whole(self, epochs: int) -> float:
         return self.trace("trace_whole") + epochs * self.whole_epoch
@@ -296,7 +313,7 @@ def apply_plan(config: RunConfig, plan: Plan, measured: Measured) -> RunConfig:
               "measured": dataclasses.asdict(measured)}
     return dataclasses.replace(config, data=dataclasses.replace(config.data,
                                                                 image_size=plan.image_size),
-                               stages=stages, budget=record)
+                               stages=stages, budget=record, precision=plan.precision)
 
 
 def _stages(config: RunConfig) -> list:
@@ -308,12 +325,16 @@ def _stages(config: RunConfig) -> list:
     return stages
 
 
-def plan_budget(config: RunConfig, budget_s: float, started: float, say=print) -> RunConfig:
+def plan_budget(config: RunConfig, budget_s: float, started: float, say=print,
+                pick_precision: bool = False) -> RunConfig:
     """Time this machine, plan the run to end within `budget_s` of `started` (a
-    `time.time()`), print the plan and return the config that runs it."""
+    `time.time()`), print the plan and return the config that runs it; with
+    `pick_precision` (no precision given), in the one `choose_precision` picks."""
     from tltk.models.backbones import config_backbone
 
     spec = config_backbone(config)
+    if pick_precision:
+        config = config.override({"precision": choose_precision(spec)})
     fixed = config.data.image_size
     sizes = (fixed,) if fixed else (tuple(s for s in SIZES if s >= spec.min_size)
                                     or (spec.min_size,))
@@ -332,9 +353,35 @@ def plan_budget(config: RunConfig, budget_s: float, started: float, say=print) -
     return apply_plan(config, plan, measured)
 
 
+def choose_precision(spec, flags: frozenset[str] | None = None) -> str:
+    """mixed_bfloat16 where B11 measured a whole run faster in it at no cost in accuracy
+    (a keras.applications family in BF16_APPS, on a CPU with AMX bf16 units and no GPU);
+    float32 otherwise, model files included (they keep the policy they were saved with).
+
+    Example:
+        >>> from tltk.models.backbones import get_backbone
+        >>> choose_precision(get_backbone("vgg19"), flags=frozenset({"amx_bf16"}))
+        'mixed_bfloat16'
+        >>> choose_precision(get_backbone("mobilenetv2"), flags=frozenset({"amx_bf16"}))
+        'float32'
+    """
+    import tensorflow as tf
+
+    flags = runtime.cpu_flags() if flags is None else flags
+    if spec.app in BF16_APPS and "amx_bf16" in flags and not tf.config.list_physical_devices(
+            "GPU"):
+        return "mixed_bfloat16"
+    return "float32"
+
+
 def measure(config: RunConfig, spec, size: int, started: float) -> Measured:
-    """Build the classifier at `size` as the run will and time it: forward passes (the
-    dry run's timing) and one save."""
+    """Build the classifier at `size` as the run will (in its precision) and time it:
+    forward passes (the dry run's timing), one save and a head epoch."""
+    with runtime.precision_policy(config.precision):
+        return _measure(config, spec, size, started)
+
+
+def _measure(config: RunConfig, spec, size: int, started: float) -> Measured:
     from tltk.engine.dryrun import seconds_per_call, timed_batches
     from tltk.engine.run import prepare
     from tltk.engine.stage import plan_stage
@@ -363,7 +410,7 @@ def measure(config: RunConfig, spec, size: int, started: float) -> Measured:
     keras.backend.clear_session()  # the run builds its own classifier
     return Measured(size, per_batch / images, round(trace, 3), round(save, 3), round(build, 2),
                     round(time.time() - started, 2), len(splits["train"]), len(splits["val"]),
-                    len(splits.get("test", ())), head_step, head_trace)
+                    len(splits.get("test", ())), head_step, head_trace, config.precision)
 
 
 HEAD_TIMED_BATCHES = 128  # at most; fit's per-epoch overhead must spread as in a real epoch

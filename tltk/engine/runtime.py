@@ -48,6 +48,22 @@ from tltk.registry import Registry
 KERAS_FITS_MULTIWORKER = False
 
 
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
+    """This machine's CPU feature flags (Linux; empty elsewhere): `amx_bf16` marks the
+    bfloat16 matrix units oneDNN uses for `mixed_bfloat16`.
+
+    Example::
+
+        "amx_bf16" in cpu_flags()  # True on a Sapphire Rapids Xeon
+    """
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return frozenset()
+    return frozenset(next((line.split(":", 1)[1].split() for line in lines
+                           if line.startswith("flags")), ()))
+
+
 @contextlib.contextmanager
 def precision_policy(name: str):
     """Set Keras's global dtype policy for a block and restore the previous one after.

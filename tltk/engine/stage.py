@@ -558,6 +558,8 @@ def _features(ctx: Context, lower: keras.Model, make_augmenter, cut: str, checks
            "seed": cfg.seed if views > 1 else None, "draws": "per-batch"}
     if views > 1 and cfg.augment_policy != "affine":  # affine keys stay as they were
         key.update(policy=cfg.augment_policy, factor=cfg.randaugment_factor)
+    if cfg.precision != "float32":  # a bf16 backbone's features differ; float32 keys stay
+        key["precision"] = cfg.precision
 
     def make_inputs(view: int):
         ds = make_pipeline(ctx.dataset.splits[split], ctx.image_size, cfg.batch_size,
