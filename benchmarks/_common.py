@@ -46,6 +46,16 @@ def machine_info() -> dict:
     }
 
 
+def sample_sd(values) -> float:
+    """The sample standard deviation over seeds; 0.0 for a single run.
+
+    Example:
+        >>> sample_sd([70.0, 72.0]), sample_sd([70.0])
+        (1.4142135623730951, 0.0)
+    """
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def write_results(name: str, figures: dict) -> Path:
     """Write `figures` to results/<name>.json atomically, so readers never see half a file."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,7 @@ from benchmarks._common import (
     interleaved_rates,
     machine_info,
     print_table,
+    sample_sd,
     write_results,
 )
 from benchmarks._flowers import FLOWERS, WEIGHTS, require_assets
@@ -150,8 +151,7 @@ def summarize_accuracy(runs: list[dict]) -> list[dict]:
         ('71.0 ± 0.0', 0.0, 0.5)
     """
     def spread(values):
-        sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.mean(values):.1f} ± {sd:.1f}"
+        return f"{statistics.mean(values):.1f} ± {sample_sd(values):.1f}"
 
     rows = []
     for family in dict.fromkeys(r["backbone"] for r in runs):
@@ -159,17 +159,17 @@ def summarize_accuracy(runs: list[dict]) -> list[dict]:
                 and r["precision"] == "float32"}
         for precision in PRECISIONS:
             mine = [r for r in runs if r["backbone"] == family and r["precision"] == precision]
-            paired = [r for r in mine if r["seed"] in base]
+            paired = [(r, base[r["seed"]]) for r in mine if r["seed"] in base]
+            def mean_over_seeds(change, digits, paired=paired):
+                return round(statistics.mean(change(r, b) for r, b in paired), digits)
+
             rows.append({
                 "backbone": family, "precision": precision, "seeds": len(mine),
                 "val_top1": spread([r["val_top1"] for r in mine]),
                 "test_top1": spread([r["test_top1"] for r in mine]),
-                "val_diff": round(statistics.mean(r["val_top1"] - base[r["seed"]]["val_top1"]
-                                                  for r in paired), 2),
-                "test_diff": round(statistics.mean(
-                    r["test_top1"] - base[r["seed"]]["test_top1"] for r in paired), 2),
-                "time_ratio": round(statistics.mean(
-                    r["seconds"] / base[r["seed"]]["seconds"] for r in paired), 3)})
+                "val_diff": mean_over_seeds(lambda r, b: r["val_top1"] - b["val_top1"], 2),
+                "test_diff": mean_over_seeds(lambda r, b: r["test_top1"] - b["test_top1"], 2),
+                "time_ratio": mean_over_seeds(lambda r, b: r["seconds"] / b["seconds"], 3)})
     return rows
 
 

@@ -43,7 +43,13 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from benchmarks._common import RESULTS_DIR, machine_info, print_table, write_results
+from benchmarks._common import (
+    RESULTS_DIR,
+    machine_info,
+    print_table,
+    sample_sd,
+    write_results,
+)
 from benchmarks.b6_recipes import Settings as SplitSettings
 from benchmarks.b6_recipes import flowers_data, link_tree
 from benchmarks.peers import LITE0
@@ -138,7 +144,7 @@ def _mean(values) -> float:
 
 
 def _sd(values) -> float:
-    return round(statistics.stdev(values), 4) if len(values) > 1 else 0.0
+    return round(sample_sd(values), 4)
 
 
 def rule(rows: list[dict]) -> dict:

@@ -18,6 +18,18 @@ from __future__ import annotations
 import os
 import signal
 
+VARIABLE = "TLTK_FAULT"
+
+
+def armed() -> bool:
+    """Whether a fault is set for this process (a test is injecting one).
+
+    Example:
+        >>> armed()  # TLTK_FAULT unset
+        False
+    """
+    return bool(os.environ.get(VARIABLE))
+
 
 def fault_point(name: str) -> None:
     """Signal this process (SIGKILL, or the signal `TLTK_FAULT_SIGNAL` names, e.g. INT
@@ -26,6 +38,6 @@ def fault_point(name: str) -> None:
     Example:
         >>> fault_point("train:1:mid-epoch")  # TLTK_FAULT unset: nothing happens
     """
-    if os.environ.get("TLTK_FAULT") == name:
+    if os.environ.get(VARIABLE) == name:
         which = os.environ.get("TLTK_FAULT_SIGNAL", "KILL")
         os.kill(os.getpid(), getattr(signal, f"SIG{which}"))

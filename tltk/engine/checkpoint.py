@@ -26,7 +26,6 @@ Example::
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 import warnings
@@ -114,7 +113,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         thread, except under a fault, whose Ctrl-C must be raised where it fires: from a
         worker thread it lands wherever the main thread is, and a `__del__` there
         swallows it (the run then finishes; CI saw it once in a while)."""
-        return not os.environ.get("TLTK_FAULT")
+        return not faults.armed()
 
     def __init__(self, run: RunDir, stage: str, full_model: keras.Model, trackers,
                  seconds_before: float = 0.0, frozen_checksum: str | None = None):
